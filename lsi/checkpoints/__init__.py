@@ -1,0 +1,34 @@
+"""Checkpoint import and export: Hugging Face directories, GGUF files, packaged model names.
+
+`cfg, params = load_checkpoint(path_or_name)` returns a `TransformerConfig` and float32 numpy parameters in our
+layout (place them on a mesh with `lsi.partitioning.shard_tree`).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from lsi.checkpoints.gguf_file import load_gguf
+from lsi.checkpoints.hf import config_from_hf, config_to_hf, load_hf_directory, save_hf_directory
+from lsi.checkpoints.layout import CheckpointError
+from lsi.checkpoints.registry import PACKAGED_MODELS, resolve_model_path
+from lsi.models.configs import TransformerConfig
+
+
+def load_checkpoint(path_or_name: str | os.PathLike) -> tuple[TransformerConfig, Any]:
+    """(config, params) from a HF directory, a .gguf file, or a packaged model name such as `smollm2-135m-instruct`."""
+    path = resolve_model_path(path_or_name)
+    if path.is_dir():
+        return load_hf_directory(path)
+    if path.suffix == ".gguf":
+        return load_gguf(path)
+    if path.suffix == ".safetensors" or path.name == "config.json":
+        return load_hf_directory(path.parent)
+    raise CheckpointError(f"{path}: unknown checkpoint format; expected a HF directory or a .gguf file.")
+
+
+__all__ = [
+    "CheckpointError", "PACKAGED_MODELS", "config_from_hf", "config_to_hf", "load_checkpoint", "load_gguf",
+    "load_hf_directory", "resolve_model_path", "save_hf_directory",
+]

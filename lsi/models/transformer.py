@@ -1,0 +1,404 @@
+"""One Flax Linen decoder-only Transformer for PaLM, the Llama family and the test models.
+
+Features are switched by `TransformerConfig`: parallel or sequential block, MHA/MQA/GQA, SwiGLU/GeGLU, RoPE (with
+Llama 3 scaling), RMSNorm or bias-free LayerNorm, qkv bias, tied or untied embeddings. Layers are `nn.scan`ned, so
+every layer parameter has a leading `layers` axis and compile time does not grow with depth.
+
+Two ways to run it:
+- `__call__(tokens, positions, segment_ids)`: the full-sequence forward (training, scoring, prefill). With
+  `return_kv=True` it also returns every layer's keys and values, which `decode` then attends to as a shared prefix.
+- `decode(tokens, positions, cache)`: one new token for each of `samples` continuations of every batch row. All
+  continuations of a row attend to that row's single prefix cache (never copied per sample) plus their own
+  generated keys and values.
+
+Every parameter carries logical axis names (`vocab, embed, heads, kv_heads, kv, mlp, layers`) and key activations
+are constrained by name through `lsi.partitioning.constrain`; no mesh axis is named here.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lsi.models.configs import TransformerConfig
+from lsi.partitioning import constrain
+
+Array = jax.Array
+
+# Masked attention logits get this value, not -inf: a row with nothing to attend to (a padding query) then gets
+# uniform weights instead of NaN, and its output is ignored by the caller anyway.
+_MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)
+
+
+@flax.struct.dataclass
+class DecodeCache:
+    """Keys and values for incremental decoding of `samples` continuations per batch row.
+
+    The prefix (the prompt) is stored once per row; generated tokens are stored per sample. `index` is the number of
+    generated slots already written (the same for every row: rows that finished keep writing ignored tokens).
+    """
+
+    prefix_k: Array  # [layers, batch, prefix_len, kv_heads, head_dim]
+    prefix_v: Array  # [layers, batch, prefix_len, kv_heads, head_dim]
+    prefix_mask: Array  # [batch, prefix_len] bool: True where the prefix slot holds a real token
+    k: Array  # [layers, batch, samples, max_new, kv_heads, head_dim]
+    v: Array  # [layers, batch, samples, max_new, kv_heads, head_dim]
+    index: Array  # [] int32
+
+    @property
+    def max_new(self) -> int:
+        return self.k.shape[3]
+
+
+CACHE_LOGICAL_AXES = DecodeCache(
+    prefix_k=("layers", "batch", "cache_length", "kv_heads", "kv"),
+    prefix_v=("layers", "batch", "cache_length", "kv_heads", "kv"),
+    prefix_mask=("batch", "cache_length"),
+    k=("layers", "batch", "samples", "cache_length", "kv_heads", "kv"),
+    v=("layers", "batch", "samples", "cache_length", "kv_heads", "kv"),
+    index=(),
+)
+
+
+def init_decode_cache(
+    prefix_k: Array, prefix_v: Array, prefix_mask: Array, num_samples: int, max_new: int
+) -> DecodeCache:
+    """An empty generation cache behind a prefilled prefix (`prefix_k/v` as returned by `__call__(return_kv=True)`)."""
+    layers, batch, _, kv_heads, head_dim = prefix_k.shape
+    shape = (layers, batch, num_samples, max_new, kv_heads, head_dim)
+    return DecodeCache(
+        prefix_k=prefix_k,
+        prefix_v=prefix_v,
+        prefix_mask=prefix_mask.astype(bool),
+        k=jnp.zeros(shape, prefix_k.dtype),
+        v=jnp.zeros(shape, prefix_v.dtype),
+        index=jnp.zeros((), jnp.int32),
+    )
+
+
+def rope_inverse_frequencies(config: TransformerConfig) -> np.ndarray:
+    """[head_dim // 2] rotation frequencies, with Llama 3's frequency-dependent scaling when configured."""
+    exponents = np.arange(0, config.head_dim, 2, dtype=np.float64) / config.head_dim
+    inv_freq = 1.0 / (config.rope_theta ** exponents)
+    scaling = config.rope_scaling
+    if scaling is None:
+        return inv_freq.astype(np.float32)
+    low_wavelen = scaling.original_max_position_embeddings / scaling.low_freq_factor
+    high_wavelen = scaling.original_max_position_embeddings / scaling.high_freq_factor
+    wavelen = 2 * np.pi / inv_freq
+    smooth = (scaling.original_max_position_embeddings / wavelen - scaling.low_freq_factor) / (
+        scaling.high_freq_factor - scaling.low_freq_factor
+    )
+    blended = (1 - smooth) * inv_freq / scaling.factor + smooth * inv_freq
+    scaled = np.where(wavelen > low_wavelen, inv_freq / scaling.factor, inv_freq)
+    medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+    return np.where(medium, blended, scaled).astype(np.float32)
+
+
+def apply_rope(x: Array, positions: Array, inv_freq: np.ndarray) -> Array:
+    """Rotates halves of the last axis (HF Llama's `rotate_half` layout) by position-dependent angles.
+
+    x: [..., length, heads, head_dim]; positions: [..., length].
+    """
+    angles = positions[..., None].astype(jnp.float32) * inv_freq  # [..., length, head_dim // 2]
+    sin = jnp.sin(angles)[..., None, :]  # [..., length, 1, head_dim // 2]
+    cos = jnp.cos(angles)[..., None, :]
+    x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+    rotated = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    return rotated.astype(x.dtype)
+
+
+def _param(module: nn.Module, name: str, shape: tuple[int, ...], axes: tuple[str, ...], init: Any) -> Array:
+    cfg: TransformerConfig = module.config
+    return module.param(name, nn.with_logical_partitioning(init, axes), shape, cfg.param_dtype)
+
+
+def _fan_in_init(fan_in_axes: tuple[int, ...]) -> Any:
+    return nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal", in_axis=fan_in_axes,
+                                            out_axis=())
+
+
+class Norm(nn.Module):
+    """RMSNorm (Llama) or LayerNorm without bias (PaLM), computed in float32."""
+
+    config: TransformerConfig
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        cfg = self.config
+        scale = _param(self, "scale", (x.shape[-1],), ("embed",), nn.initializers.ones)
+        x32 = x.astype(jnp.float32)
+        if cfg.norm_type == "layer":
+            x32 = x32 - jnp.mean(x32, axis=-1, keepdims=True)
+        normed = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + cfg.norm_eps)
+        return (normed * scale.astype(jnp.float32)).astype(cfg.dtype)
+
+
+class Attention(nn.Module):
+    """Grouped-query attention (MHA when kv_heads == heads, MQA when kv_heads == 1) with RoPE."""
+
+    config: TransformerConfig
+
+    def setup(self) -> None:
+        cfg = self.config
+        d, h, kv, hd = cfg.embed_dim, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        self.query = _param(self, "query", (d, h, hd), ("embed", "heads", "kv"), _fan_in_init((0,)))
+        self.key = _param(self, "key", (d, kv, hd), ("embed", "kv_heads", "kv"), _fan_in_init((0,)))
+        self.value = _param(self, "value", (d, kv, hd), ("embed", "kv_heads", "kv"), _fan_in_init((0,)))
+        self.out = _param(self, "out", (h, hd, d), ("heads", "kv", "embed"), _fan_in_init((0, 1)))
+        if cfg.qkv_bias:
+            zeros = nn.initializers.zeros
+            self.query_bias = _param(self, "query_bias", (h, hd), ("heads", "kv"), zeros)
+            self.key_bias = _param(self, "key_bias", (kv, hd), ("kv_heads", "kv"), zeros)
+            self.value_bias = _param(self, "value_bias", (kv, hd), ("kv_heads", "kv"), zeros)
+        self.inv_freq = rope_inverse_frequencies(cfg)
+
+    def _project(self, x: Array, positions: Array) -> tuple[Array, Array, Array]:
+        """x: [..., length, embed] -> q [..., length, heads, hd], k and v [..., length, kv_heads, hd]."""
+        cfg = self.config
+        dt = cfg.dtype
+        q = jnp.einsum("...d,dhk->...hk", x, self.query.astype(dt))
+        k = jnp.einsum("...d,dhk->...hk", x, self.key.astype(dt))
+        v = jnp.einsum("...d,dhk->...hk", x, self.value.astype(dt))
+        if cfg.qkv_bias:
+            q, k, v = q + self.query_bias.astype(dt), k + self.key_bias.astype(dt), v + self.value_bias.astype(dt)
+        q = apply_rope(q, positions, self.inv_freq)
+        k = apply_rope(k, positions, self.inv_freq)
+        scale = cfg.query_scale if cfg.query_scale is not None else cfg.head_dim ** -0.5
+        return q * jnp.asarray(scale, dt), k, v
+
+    def _grouped(self, q: Array) -> Array:
+        """[..., heads, hd] -> [..., kv_heads, heads_per_kv, hd]: query heads grouped by the KV head they read."""
+        cfg = self.config
+        return q.reshape(*q.shape[:-2], cfg.num_kv_heads, cfg.num_heads // cfg.num_kv_heads, cfg.head_dim)
+
+    def _output(self, attended: Array) -> Array:
+        """[..., kv_heads, group, hd] -> [..., embed]."""
+        cfg = self.config
+        merged = attended.reshape(*attended.shape[:-3], cfg.num_heads, cfg.head_dim).astype(cfg.dtype)
+        return jnp.einsum("...hk,hkd->...d", merged, self.out.astype(cfg.dtype))
+
+    def __call__(self, x: Array, positions: Array, segment_ids: Array) -> tuple[Array, tuple[Array, Array]]:
+        """Full-sequence causal attention within segments; segment id 0 marks padding.
+
+        x: [batch, length, embed]; positions, segment_ids: [batch, length].
+        Returns the output [batch, length, embed] and this layer's (k, v), each [batch, length, kv_heads, hd].
+        """
+        q, k, v = self._project(x, positions)
+        q = constrain(q, ("batch", "length", "heads", "kv"))
+        k = constrain(k, ("batch", "length", "kv_heads", "kv"))
+        v = constrain(v, ("batch", "length", "kv_heads", "kv"))
+        logits = jnp.einsum("btkgd,bskd->bkgts", self._grouped(q), k, preferred_element_type=jnp.float32)
+        length = x.shape[1]
+        causal = jnp.tril(jnp.ones((length, length), bool))  # [query, key]
+        same_segment = segment_ids[:, :, None] == segment_ids[:, None, :]  # [batch, query, key]
+        allowed = causal[None] & same_segment & (segment_ids[:, None, :] != 0)
+        logits = jnp.where(allowed[:, None, None], logits, _MASK_VALUE)  # [batch, kv_heads, group, query, key]
+        weights = jax.nn.softmax(logits, axis=-1).astype(self.config.dtype)
+        attended = jnp.einsum("bkgts,bskd->btkgd", weights, v)
+        return self._output(attended), (k, v)
+
+    def decode(self, x: Array, positions: Array, layer_cache: tuple[Array, ...], prefix_mask: Array,
+               index: Array) -> tuple[Array, tuple[Array, Array]]:
+        """One new token per sample attending to the shared prefix, earlier generated tokens, and itself.
+
+        x: [batch, samples, embed]; positions: [batch, samples];
+        layer_cache: prefix_k/v [batch, prefix_len, kv_heads, hd], k/v [batch, samples, max_new, kv_heads, hd];
+        prefix_mask: [batch, prefix_len]; index: [] slots of k/v already written.
+        Returns the output [batch, samples, embed] and the new token's (k, v), each [batch, samples, kv_heads, hd].
+        """
+        prefix_k, prefix_v, cache_k, cache_v = layer_cache
+        q, k_new, v_new = self._project(x[:, :, None, :], positions[:, :, None])
+        q, k_new, v_new = q[:, :, 0], k_new[:, :, 0], v_new[:, :, 0]  # [batch, samples, heads or kv_heads, hd]
+        q = self._grouped(q)  # [batch, samples, kv_heads, group, hd]
+        f32 = jnp.float32
+        prefix_logits = jnp.einsum("bmkgd,bpkd->bmkgp", q, prefix_k, preferred_element_type=f32)
+        prefix_logits = jnp.where(prefix_mask[:, None, None, None, :], prefix_logits, _MASK_VALUE)
+        cache_logits = jnp.einsum("bmkgd,bmskd->bmkgs", q, cache_k, preferred_element_type=f32)
+        written = jnp.arange(cache_k.shape[2]) < index  # [max_new]
+        cache_logits = jnp.where(written, cache_logits, _MASK_VALUE)
+        self_logits = jnp.einsum("bmkgd,bmkd->bmkg", q, k_new, preferred_element_type=f32)[..., None]
+        logits = jnp.concatenate([prefix_logits, cache_logits, self_logits], axis=-1)
+        weights = jax.nn.softmax(logits, axis=-1).astype(self.config.dtype)
+        num_prefix, num_cache = prefix_k.shape[1], cache_k.shape[2]
+        w_prefix, w_cache, w_self = jnp.split(weights, [num_prefix, num_prefix + num_cache], axis=-1)
+        attended = (
+            jnp.einsum("bmkgp,bpkd->bmkgd", w_prefix, prefix_v)
+            + jnp.einsum("bmkgs,bmskd->bmkgd", w_cache, cache_v)
+            + w_self * v_new[:, :, :, None, :]
+        )
+        return self._output(attended), (k_new, v_new)
+
+
+class MLP(nn.Module):
+    """Gated MLP: SwiGLU (silu gate) or GeGLU (gelu gate)."""
+
+    config: TransformerConfig
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        cfg = self.config
+        d, f, dt = cfg.embed_dim, cfg.mlp_dim, cfg.dtype
+        gate_kernel = _param(self, "gate", (d, f), ("embed", "mlp"), _fan_in_init((0,)))
+        up_kernel = _param(self, "up", (d, f), ("embed", "mlp"), _fan_in_init((0,)))
+        down_kernel = _param(self, "down", (f, d), ("mlp", "embed"), _fan_in_init((0,)))
+        activation = jax.nn.silu if cfg.activation == "silu" else functools.partial(jax.nn.gelu, approximate=True)
+        gate = activation(jnp.einsum("...d,df->...f", x, gate_kernel.astype(dt)))
+        hidden = gate * jnp.einsum("...d,df->...f", x, up_kernel.astype(dt))
+        hidden = constrain(hidden, ("batch",) + (None,) * (hidden.ndim - 2) + ("mlp",))
+        return jnp.einsum("...f,fd->...d", hidden, down_kernel.astype(dt))
+
+
+class Block(nn.Module):
+    """One layer; `nn.scan` stacks them.
+
+    With `layer_cache=None` it runs the full sequence (`shared` = positions, segment_ids); otherwise it decodes one
+    token per sample (`shared` = positions, prefix_mask, index; `layer_cache` = this layer's slice of the cache).
+    """
+
+    config: TransformerConfig
+
+    @nn.compact
+    def __call__(self, x: Array, shared: tuple[Array, ...], layer_cache: tuple[Array, ...] | None
+                 ) -> tuple[Array, tuple[Array, Array]]:
+        cfg = self.config
+        attention = Attention(cfg, name="attention")
+        normed = Norm(cfg, name="pre_attention_norm")(x)
+        if layer_cache is None:
+            positions, segment_ids = shared
+            attended, kv = attention(normed, positions, segment_ids)
+            batch_axes = ("batch", "length")
+        else:
+            positions, prefix_mask, index = shared
+            attended, kv = attention.decode(normed, positions, layer_cache, prefix_mask, index)
+            batch_axes = ("batch", "samples")
+        mlp = MLP(cfg, name="mlp")
+        if cfg.parallel_block:
+            x = x + attended + mlp(normed)
+        else:
+            x = x + attended
+            x = x + mlp(Norm(cfg, name="pre_mlp_norm")(x))
+        return constrain(x, batch_axes + ("embed",)), kv
+
+
+def _remat_policy(name: str) -> Any:
+    if name == "dots":
+        return jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims
+    return None
+
+
+class Transformer(nn.Module):
+    """Decoder-only LM. `apply({"params": p}, tokens)` maps int32 [batch, length] to float32 [batch, length, vocab]."""
+
+    config: TransformerConfig
+
+    def setup(self) -> None:
+        cfg = self.config
+        self.embedding = _param(self, "embedding", (cfg.vocab_size, cfg.embed_dim), ("vocab", "embed"),
+                                nn.initializers.normal(stddev=1.0 if cfg.logits_scale else 0.02))
+        self.final_norm = Norm(cfg, name="final_norm")
+        if not cfg.tie_embeddings:
+            self.lm_head = _param(self, "lm_head", (cfg.embed_dim, cfg.vocab_size), ("embed", "vocab"),
+                                  _fan_in_init((0,)))
+        block = Block
+        if cfg.remat != "none":
+            block = nn.remat(Block, policy=_remat_policy(cfg.remat), prevent_cse=False)
+        self.layers = nn.scan(
+            block,
+            variable_axes={"params": 0},
+            split_rngs={"params": True},
+            in_axes=(nn.broadcast, 0),
+            length=cfg.num_layers,
+            metadata_params={nn.PARTITION_NAME: "layers"},
+        )(cfg, name="layers")
+
+    def _embed(self, tokens: Array) -> Array:
+        cfg = self.config
+        x = jnp.take(self.embedding, tokens, axis=0).astype(cfg.dtype)
+        if cfg.embed_scale is not None:
+            x = x * jnp.asarray(cfg.embed_scale, cfg.dtype)
+        return x
+
+    def _logits(self, x: Array) -> Array:
+        cfg = self.config
+        x = self.final_norm(x)
+        if cfg.tie_embeddings:
+            logits = jnp.einsum("...d,vd->...v", x, self.embedding.astype(cfg.dtype),
+                                preferred_element_type=jnp.float32)
+        else:
+            logits = jnp.einsum("...d,dv->...v", x, self.lm_head.astype(cfg.dtype),
+                                preferred_element_type=jnp.float32)
+        if cfg.logits_scale is not None:
+            logits = logits * cfg.logits_scale
+        return logits
+
+    def __call__(self, tokens: Array, positions: Array | None = None, segment_ids: Array | None = None,
+                 return_kv: bool = False) -> Array | tuple[Array, tuple[Array, Array]]:
+        """tokens: int32 [batch, length]. positions default to 0..length-1; segment_ids to all ones (0 = padding).
+
+        Returns float32 logits [batch, length, vocab]; with `return_kv`, also (k, v) of every layer, each
+        [layers, batch, length, kv_heads, head_dim], for `init_decode_cache`.
+        """
+        batch, length = tokens.shape
+        if positions is None:
+            positions = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
+        if segment_ids is None:
+            segment_ids = jnp.ones((batch, length), jnp.int32)
+        x = constrain(self._embed(tokens), ("batch", "length", "embed"))
+        x, kv = self.layers(x, (positions, segment_ids), None)
+        logits = constrain(self._logits(x), ("batch", "length", "vocab"))
+        return (logits, kv) if return_kv else logits
+
+    def decode(self, tokens: Array, positions: Array, cache: DecodeCache) -> tuple[Array, DecodeCache]:
+        """One step for every sample. tokens, positions: int32 [batch, samples] (positions are RoPE positions).
+
+        Returns float32 logits [batch, samples, vocab] and the cache with the new keys/values written at `index`.
+        """
+        x = constrain(self._embed(tokens), ("batch", "samples", "embed"))
+        layer_caches = (cache.prefix_k, cache.prefix_v, cache.k, cache.v)
+        x, (k_new, v_new) = self.layers(x, (positions, cache.prefix_mask, cache.index), layer_caches)
+        # k_new, v_new: [layers, batch, samples, kv_heads, hd] -> written in place at slot `index`.
+        start = (0, 0, 0, cache.index, 0, 0)
+        cache = cache.replace(
+            k=jax.lax.dynamic_update_slice(cache.k, k_new[:, :, :, None].astype(cache.k.dtype), start),
+            v=jax.lax.dynamic_update_slice(cache.v, v_new[:, :, :, None].astype(cache.v.dtype), start),
+            index=cache.index + 1,
+        )
+        return constrain(self._logits(x), ("batch", "samples", "vocab")), cache
+
+
+def padded_positions(segment_ids: Array) -> Array:
+    """RoPE positions that count only real tokens: [batch, length] -> [batch, length] (0 at each row's first token).
+
+    With left- or right-padding (segment id 0) every row gets the positions it would have alone.
+    """
+    real = (segment_ids != 0).astype(jnp.int32)
+    return jnp.maximum(jnp.cumsum(real, axis=-1) - 1, 0)
+
+
+def abstract_params(config: TransformerConfig) -> Any:
+    """ShapeDtypeStructs of the parameter tree, without allocating (works for PaLM 540B)."""
+    boxed = jax.eval_shape(
+        lambda: Transformer(config).init(jax.random.PRNGKey(0), jnp.zeros((1, 1), jnp.int32))["params"]
+    )
+    return nn.unbox(boxed)
+
+
+def param_logical_axes(config: TransformerConfig) -> Any:
+    """A tree matching the parameters whose leaves are tuples of logical axis names."""
+    boxed = jax.eval_shape(
+        lambda: Transformer(config).init(jax.random.PRNGKey(0), jnp.zeros((1, 1), jnp.int32))["params"]
+    )
+    specs = nn.get_partition_spec(boxed)
+    return jax.tree.map(tuple, specs, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
+
+
+def init_params(config: TransformerConfig, rng: Array) -> Any:
+    """Randomly initialised, unboxed parameters."""
+    return nn.unbox(Transformer(config).init(rng, jnp.zeros((1, 1), jnp.int32))["params"])

@@ -1,0 +1,44 @@
+"""Install lsi: `pip install -e .[test]` (see Makefile)."""
+
+import setuptools
+
+INSTALL_REQUIRES = [
+    "jax>=0.4.35",
+    "flax>=0.10.0",
+    "optax>=0.2.3",
+    "orbax-checkpoint>=0.6.0",
+    "seqio>=0.0.19",
+    "tensorflow>=2.16",
+    "tensorflow-text>=2.16",
+    "tensorflow-datasets>=4.9",
+    "gin-config>=0.5.0",
+    "absl-py>=2.1.0",
+    "clu>=0.0.12",
+    "tokenizers>=0.19",
+    "sentencepiece>=0.2.0",
+    "gguf>=0.10.0",
+    "safetensors>=0.4",
+    "numpy>=1.26",
+    "tqdm>=4.66",
+    "matplotlib>=3.8",
+    "reasoning-gym>=0.1.19",
+]
+
+EXTRAS_REQUIRE = {
+    # transformers and torch are references in tests and benchmarks, never imported by lsi itself.
+    "test": ["pytest>=8", "pytest-xdist>=3.5", "transformers>=4.46", "accelerate>=1.0", "torch==2.13.0", "scipy>=1.11", "psutil>=5.9"],
+    "gpu": ["jax[cuda12]"],
+    "tpu": ["jax[tpu]"],
+}
+
+setuptools.setup(
+    name="lsi",
+    version="0.1.0",
+    description="Large language models that self-improve without labels (LMSI) in JAX.",
+    packages=setuptools.find_packages(include=["lsi", "lsi.*"]),
+    package_data={"lsi": ["tasks/prompts/*.json"]},
+    python_requires=">=3.10",
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS_REQUIRE,
+    entry_points={"console_scripts": ["lsi=lsi.main:console_main"]},
+)
