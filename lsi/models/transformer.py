@@ -399,6 +399,11 @@ def param_logical_axes(config: TransformerConfig) -> Any:
     return jax.tree.map(tuple, specs, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
 
 
+@functools.lru_cache(maxsize=32)
+def _jitted_init(config: TransformerConfig) -> Any:
+    return jax.jit(lambda rng: nn.unbox(Transformer(config).init(rng, jnp.zeros((1, 1), jnp.int32))["params"]))
+
+
 def init_params(config: TransformerConfig, rng: Array) -> Any:
-    """Randomly initialised, unboxed parameters."""
-    return nn.unbox(Transformer(config).init(rng, jnp.zeros((1, 1), jnp.int32))["params"])
+    """Randomly initialised, unboxed parameters (jitted: eager init of a scanned model dispatches op by op)."""
+    return _jitted_init(config)(rng)
