@@ -132,13 +132,18 @@ def logical_sharding(
     return NamedSharding(mesh, logical_to_spec(logical_axes, shape, mesh, rules))
 
 
+def is_axes_leaf(x: Any) -> bool:
+    """A tuple of logical axis names (a plain tuple: optimizer states are NamedTuples and must stay nodes)."""
+    return type(x) is tuple and all(isinstance(a, (str, type(None))) for a in x)
+
+
 def tree_shardings(abstract_tree: Any, axes_tree: Any, mesh: Mesh, rules: Rules = LOGICAL_AXIS_RULES) -> Any:
     """NamedShardings for a tree of arrays (or ShapeDtypeStructs) given a matching tree of logical-axis tuples."""
     return jax.tree.map(
         lambda x, axes: NamedSharding(mesh, logical_to_spec(axes, x.shape, mesh, rules)),
         abstract_tree,
         axes_tree,
-        is_leaf=lambda x: isinstance(x, tuple) and all(isinstance(a, (str, type(None))) for a in x),
+        is_leaf=is_axes_leaf,
     )
 
 
@@ -180,9 +185,7 @@ def per_device_bytes(abstract_tree: Any, axes_tree: Any, mesh: Mesh | jax.shardi
     sizes = _mesh_axis_sizes(mesh)
     total = 0
     leaves = jax.tree.leaves(abstract_tree)
-    axes_leaves = jax.tree.leaves(
-        axes_tree, is_leaf=lambda x: isinstance(x, tuple) and all(isinstance(a, (str, type(None))) for a in x)
-    )
+    axes_leaves = jax.tree.leaves(axes_tree, is_leaf=is_axes_leaf)
     if len(leaves) != len(axes_leaves):
         raise ValueError(f"{len(leaves)} arrays but {len(axes_leaves)} logical-axis entries.")
     for leaf, axes in zip(leaves, axes_leaves):

@@ -1,0 +1,1 @@
+"""Fine-tuning: t5x-style trainer, data pipeline, optimizers."""
