@@ -6,7 +6,7 @@ Every benchmark measures each side (ours and a peer) the same way:
 - `run_isolated(fn, ...)`: runs `fn` in a fresh spawned interpreter, so that each side's peak memory is its own and
   one side's thread pools and allocator state cannot slow the other.
 - `PeakRSS`: the peak resident set of this process over a `with` block (Linux resets the high-water mark through
-  /proc/self/clear_refs; elsewhere a sampling thread stands in).
+  /proc/self/clear_refs; elsewhere a sampling thread stands in); `peak_rss_bytes()` stays the lifetime peak.
 - `environment_info(packages)` and `write_json(path, record)` make the result file self-describing and atomic.
 """
 
@@ -32,16 +32,23 @@ MIB = 1024 * 1024
 
 
 def time_call(fn: Callable[[], Any], warmup: int = 1, repeats: int = 3) -> dict[str, Any]:
-    """Wall-clock seconds of `repeats` calls of `fn` after `warmup` untimed calls; median, min, max and all times."""
+    """Wall-clock seconds of `repeats` calls of `fn` after `warmup` untimed calls; median, min, max and all times.
+
+    Also the CPU seconds this process used per call (all its threads): `cpu_utilization` near the number of cores
+    means the call had the machine; well below it, other processes took cores or the work did not parallelise.
+    """
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}.")
     for _ in range(warmup):
         fn()
-    times = []
+    times, cpu_times = [], []
+    load_before = _load_average()
     for _ in range(repeats):
+        cpu_start = time.process_time()
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
+        cpu_times.append(time.process_time() - cpu_start)
     return {
         "warmup": warmup,
         "repeats": repeats,
@@ -49,7 +56,17 @@ def time_call(fn: Callable[[], Any], warmup: int = 1, repeats: int = 3) -> dict[
         "min_s": min(times),
         "max_s": max(times),
         "times_s": times,
+        "cpu_s": cpu_times,
+        "cpu_utilization": sum(cpu_times) / sum(times),
+        "load_average_1min": {"before": load_before, "after": _load_average()},
     }
+
+
+def _load_average() -> float | None:
+    try:
+        return os.getloadavg()[0]
+    except (OSError, AttributeError):
+        return None
 
 
 def throughput(items: float, timing: dict[str, Any]) -> dict[str, float]:
@@ -84,11 +101,15 @@ def current_rss_bytes() -> int:
     return psutil.Process().memory_info().rss
 
 
+# The highest kernel high-water mark seen before `_reset_peak_rss` cleared it: the process's lifetime peak survives.
+_PEAK_BEFORE_RESETS = 0
+
+
 def peak_rss_bytes() -> int:
-    """Peak resident set of this process since it started (or since the last `PeakRSS` reset on Linux)."""
+    """Peak resident set of this process since it started (also across `PeakRSS` blocks, which reset the kernel's)."""
     kib = _status_kib("VmHWM")
     if kib is not None:
-        return kib * 1024
+        return max(kib * 1024, _PEAK_BEFORE_RESETS)
     import resource  # noqa: PLC0415
 
     maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -97,6 +118,11 @@ def peak_rss_bytes() -> int:
 
 def _reset_peak_rss() -> bool:
     """Resets the kernel's high-water mark (Linux >= 4.0: writing 5 to clear_refs); False where that is not possible."""
+    global _PEAK_BEFORE_RESETS
+    before = _status_kib("VmHWM")
+    if before is None:
+        return False
+    _PEAK_BEFORE_RESETS = max(_PEAK_BEFORE_RESETS, before * 1024)
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
@@ -141,7 +167,10 @@ class PeakRSS:
             self._thread.join()
             self.peak_bytes = max(self.peak_bytes, current_rss_bytes())
         else:
-            self.peak_bytes = peak_rss_bytes()
+            self.peak_bytes = _status_kib("VmHWM") * 1024
+        global _PEAK_BEFORE_RESETS
+        # The kernel's RSS counters are per-thread batched (tens of pages): keep the lifetime peak >= this block's.
+        _PEAK_BEFORE_RESETS = max(_PEAK_BEFORE_RESETS, self.peak_bytes)
 
     def as_dict(self) -> dict[str, Any]:
         return {"start_mib": self.start_bytes / MIB, "peak_mib": self.peak_bytes / MIB, "method": self.method}
@@ -176,9 +205,7 @@ def run_isolated(fn: Callable[..., Any], *args: Any, env: dict[str, str] | None 
         os.environ.update(env or {})
         context = multiprocessing.get_context("spawn")
         with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
-            future = pool.submit(_call_and_measure, fn, args, kwargs)
-            # Submitting starts the worker, which copies the environment; restore ours right away.
-            value, peak = future.result()
+            value, peak = pool.submit(_call_and_measure, fn, args, kwargs).result()
     finally:
         for k, v in saved.items():
             if v is None:

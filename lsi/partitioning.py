@@ -32,7 +32,10 @@ LOGICAL_AXIS_RULES: Rules = (
     ("batch", ("data", "fsdp")),
     ("batch", "data"),
     ("batch", "fsdp"),
-    ("samples", None),
+    # Samples of one prompt take whatever data-parallel axes the prompts' batch could not divide.
+    ("samples", ("data", "fsdp")),
+    ("samples", "data"),
+    ("samples", "fsdp"),
     ("length", None),
     ("cache_length", None),
     ("layers", None),

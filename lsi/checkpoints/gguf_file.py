@@ -7,6 +7,7 @@ adjacent pairs; we undo that so the tensors are in HF's `rotate_half` layout, wh
 
 from __future__ import annotations
 
+import functools
 import os
 import pathlib
 from typing import Any
@@ -42,15 +43,35 @@ _GLOBAL_NAMES = {
 
 def open_gguf(path: str | os.PathLike) -> Any:
     """A `gguf.GGUFReader`, with a clear error for a missing, truncated or foreign file."""
-    import gguf  # noqa: PLC0415 - heavy import, only for GGUF checkpoints
-
     path = pathlib.Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"No GGUF file at {path}.")
     try:
-        return gguf.GGUFReader(str(path))
+        return _reader_class()(str(path))
     except Exception as e:  # noqa: BLE001 - the reader raises ValueError, IndexError or struct errors on bad bytes
         raise CheckpointError(f"{path}: not a readable GGUF file ({type(e).__name__}: {e}); is it truncated?") from None
+
+
+@functools.lru_cache(maxsize=1)
+def _reader_class() -> type:
+    import gguf  # noqa: PLC0415 - heavy import, only for GGUF checkpoints
+
+    class TensorNamingReader(gguf.GGUFReader):
+        """A GGUFReader whose error on a tensor's data (a truncated file) names that tensor."""
+
+        def _build_tensors(self, start_offs: int, fields: list) -> None:
+            try:
+                super()._build_tensors(start_offs, fields)
+            except ValueError:
+                for info in fields:  # find the first tensor the file cannot hold; parts[1] is its name's bytes
+                    try:
+                        super()._build_tensors(start_offs, [info])
+                    except ValueError as e:
+                        name = bytes(info.parts[1]).decode("utf-8", "replace")
+                        raise ValueError(f"tensor {name!r}: {e}") from None
+                raise
+
+    return TensorNamingReader
 
 
 def field(reader: Any, key: str, source: str, default: Any = None) -> Any:

@@ -139,10 +139,12 @@ class SafetensorsFile:
         header.pop("__metadata__", None)
         self.entries: dict[str, dict[str, Any]] = header
         self.data_start = 8 + header_len
-        end = max((e["data_offsets"][1] for e in header.values()), default=0)
-        if self.data_start + end > size:
+        ends = {name: self.data_start + e["data_offsets"][1] for name, e in header.items()}
+        cut = sorted((name for name, end in ends.items() if end > size), key=ends.get)
+        if cut:
             raise CheckpointError(
-                f"{path}: file is truncated: tensors need {self.data_start + end} bytes but the file has {size}."
+                f"{path}: file is truncated: tensor {cut[0]!r} (and {len(cut) - 1} more after it) ends past the "
+                f"file's {size} bytes; the tensors need {ends[cut[-1]]} bytes."
             )
 
     def keys(self) -> list[str]:

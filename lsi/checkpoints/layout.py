@@ -105,7 +105,8 @@ def params_to_hf(cfg: TransformerConfig, params: dict) -> dict[str, np.ndarray]:
         "model.norm.weight": np.asarray(params["final_norm"]["scale"], np.float32),
     }
     if not cfg.tie_embeddings:
-        out["lm_head.weight"] = np.asarray(params["lm_head"], np.float32).T
+        # Contiguous: safetensors.numpy writes an array's raw buffer, so a transposed view would be saved transposed.
+        out["lm_head.weight"] = np.ascontiguousarray(np.asarray(params["lm_head"], np.float32).T)
     for i in range(cfg.num_layers):
         prefix = f"model.layers.{i}."
         layer = {

@@ -339,11 +339,13 @@ class Transformer(nn.Module):
         return logits
 
     def __call__(self, tokens: Array, positions: Array | None = None, segment_ids: Array | None = None,
-                 return_kv: bool = False) -> Array | tuple[Array, tuple[Array, Array]]:
+                 return_kv: bool = False, logits_at: Array | None = None
+                 ) -> Array | tuple[Array, tuple[Array, Array]]:
         """tokens: int32 [batch, length]. positions default to 0..length-1; segment_ids to all ones (0 = padding).
 
-        Returns float32 logits [batch, length, vocab]; with `return_kv`, also (k, v) of every layer, each
-        [layers, batch, length, kv_heads, head_dim], for `init_decode_cache`.
+        Returns float32 logits [batch, length, vocab], or [batch, vocab] at the positions `logits_at` ([batch]
+        int32) only (a prefill needs one row of logits, not length x vocab of them); with `return_kv`, also
+        (k, v) of every layer, each [layers, batch, length, kv_heads, head_dim], for `init_decode_cache`.
         """
         batch, length = tokens.shape
         if positions is None:
@@ -352,6 +354,9 @@ class Transformer(nn.Module):
             segment_ids = jnp.ones((batch, length), jnp.int32)
         x = constrain(self._embed(tokens), ("batch", "length", "embed"))
         x, kv = self.layers(x, (positions, segment_ids), None)
+        if logits_at is not None:
+            x = jnp.take_along_axis(x, logits_at[:, None, None].astype(jnp.int32), axis=1)[:, 0]  # [batch, embed]
+            return (constrain(self._logits(x), ("batch", "vocab")), kv) if return_kv else self._logits(x)
         logits = constrain(self._logits(x), ("batch", "length", "vocab"))
         return (logits, kv) if return_kv else logits
 

@@ -1,0 +1,389 @@
+"""Prefill throughput of the full forward pass: ours (`jax.jit` of `Transformer.apply`) against transformers/torch.
+
+Both sides run in one invocation on the same seeded random token batch, compute full float32 logits
+[batch, length, vocab], and use the same CPU cores (torch threads = usable cores; XLA's default single CPU device,
+whose thread pool already spans every core). Each side runs in its own spawned process, so its peak memory is its own
+and neither side's thread pools compete with the other's. The logits of both sides are compared on the benchmark batch.
+
+    # SmolLM2-135M-Instruct (the packaged GGUF), float32, 8 x 512 -> benchmarks/results/forward_cpu.json
+    python -m benchmarks.forward
+    # seconds: a tiny random-weight model (transformers gets the same weights through a HF directory)
+    python -m benchmarks.forward --config tiny --output /tmp/forward_tiny.json
+    # investigation: extra XLA flags for our side only
+    python -m benchmarks.forward --xla_flags=--xla_cpu_multi_thread_eigen=false --no_reference
+
+Tokens/s is batch * length / (median wall time of one forward), over `--repeats` timed calls after `--warmup`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import gc
+import hashlib
+import os
+import pathlib
+import sys
+import tempfile
+import time
+from typing import Any
+
+import numpy as np
+
+if __package__ in (None, ""):  # run as a script: make `benchmarks` and `lsi` importable from the repo root
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+from benchmarks import common  # noqa: E402
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+DEFAULT_CHECKPOINT = "smollm2-135m-instruct"
+DEFAULT_OUTPUT = REPO / "benchmarks" / "results" / "forward_cpu.json"
+PACKAGES = ("jax", "jaxlib", "flax", "numpy", "torch", "transformers", "gguf", "safetensors", "psutil")
+ENV_VARS = ("XLA_FLAGS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "JAX_PLATFORMS", "JAX_ENABLE_X64")
+LOGITS_TOLERANCE = 1e-3
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSource:
+    """Where each side loads the same weights from."""
+
+    ours: str  # for lsi.checkpoints.load_checkpoint: a .gguf file, a HF directory or a packaged name
+    hf_directory: str  # for AutoModelForCausalLM.from_pretrained
+    gguf_file: str | None  # file name inside hf_directory, when the weights are a GGUF
+    description: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Workload:
+    batch: int
+    length: int
+    seed: int
+    warmup: int
+    repeats: int
+
+    @property
+    def tokens_per_call(self) -> int:
+        return self.batch * self.length
+
+
+def benchmark_tokens(workload: Workload, vocab_size: int) -> np.ndarray:
+    """The shared input: int32 [batch, length] uniform over the vocabulary, from `workload.seed` alone."""
+    rng = np.random.default_rng(workload.seed)
+    return rng.integers(0, vocab_size, size=(workload.batch, workload.length), dtype=np.int32)
+
+
+def _digest(tokens: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(tokens, dtype=np.int32).tobytes()).hexdigest()[:16]
+
+
+def measure_ours(source: ModelSource, workload: Workload, logits_path: str | None) -> dict[str, Any]:
+    """Loads our model, compiles the jitted forward, times it; saves the last logits to `logits_path` (.npy)."""
+    import jax  # noqa: PLC0415  (imported here so that XLA_FLAGS given to the child take effect)
+
+    from lsi.checkpoints import load_checkpoint  # noqa: PLC0415
+    from lsi.models import Transformer  # noqa: PLC0415
+
+    start = time.perf_counter()
+    cfg, host_params = load_checkpoint(source.ours)
+    params = jax.block_until_ready(jax.device_put(host_params))
+    del host_params  # only the device copy stays alive, as in a real run
+    gc.collect()
+    load_s = time.perf_counter() - start
+    tokens = benchmark_tokens(workload, cfg.vocab_size)
+    device_tokens = jax.block_until_ready(jax.device_put(tokens))
+
+    model = Transformer(cfg)
+    forward = jax.jit(lambda p, t: model.apply({"params": p}, t))  # [batch, length] -> [batch, length, vocab]
+    start = time.perf_counter()
+    lowered = forward.lower(params, device_tokens)
+    lower_s = time.perf_counter() - start
+    start = time.perf_counter()
+    compiled = lowered.compile()
+    compile_s = time.perf_counter() - start
+
+    rss_before = common.current_rss_bytes()
+    logits = None
+
+    def call() -> None:
+        nonlocal logits
+        logits = None  # free the previous output first, as a loop that consumes each result would
+        logits = jax.block_until_ready(compiled(params, device_tokens))
+
+    with common.PeakRSS() as memory:
+        timing = common.time_call(call, warmup=workload.warmup, repeats=workload.repeats)
+    if logits_path:
+        np.save(logits_path, np.asarray(logits))
+    return {
+        "model_config": dataclasses.asdict(cfg) | {"dtype": str(np.dtype(cfg.dtype)),
+                                                  "param_dtype": str(np.dtype(cfg.param_dtype))},
+        "num_params": cfg.num_params,
+        "forward_flops_per_token": cfg.flops_per_token(workload.length) / 3.0,
+        "logits_shape": list(logits.shape),
+        "logits_dtype": str(logits.dtype),
+        "tokens_sha256_16": _digest(tokens),
+        "load_s": load_s,
+        "lower_s": lower_s,
+        "compile_s": compile_s,
+        "timing": timing,
+        "memory": {"rss_before_forward_mib": rss_before / common.MIB,
+                   "forward_peak_rss_mib": memory.peak_bytes / common.MIB, "method": memory.method},
+        "runtime": {
+            "jax_backend": jax.default_backend(),
+            "jax_devices": [str(d) for d in jax.devices()],
+            "xla_flags": os.environ.get("XLA_FLAGS", ""),
+            "compilation_cache_dir": jax.config.jax_compilation_cache_dir,
+        },
+    }
+
+
+def measure_theirs(source: ModelSource, workload: Workload, threads: int, logits_path: str | None) -> dict[str, Any]:
+    """transformers' own loading of the same weights, timed under `torch.inference_mode()`."""
+    import torch  # noqa: PLC0415
+    from transformers import AutoModelForCausalLM  # noqa: PLC0415
+
+    torch.set_num_threads(threads)
+    start = time.perf_counter()
+    model = AutoModelForCausalLM.from_pretrained(source.hf_directory, gguf_file=source.gguf_file,
+                                                 dtype=torch.float32).eval()
+    load_s = time.perf_counter() - start
+    tokens = benchmark_tokens(workload, model.config.vocab_size)
+    input_ids = torch.from_numpy(tokens.astype(np.int64))
+
+    rss_before = common.current_rss_bytes()
+    logits = None
+
+    def call() -> None:
+        nonlocal logits
+        logits = None
+        # use_cache=False: our full forward returns only logits, so neither side keeps a KV cache.
+        logits = model(input_ids=input_ids, use_cache=False).logits
+
+    with torch.inference_mode(), common.PeakRSS() as memory:
+        timing = common.time_call(call, warmup=workload.warmup, repeats=workload.repeats)
+    if logits_path:
+        np.save(logits_path, logits.float().numpy())
+    return {
+        "model_class": type(model).__name__,
+        "attn_implementation": getattr(model.config, "_attn_implementation", None),
+        "logits_shape": list(logits.shape),
+        "logits_dtype": str(logits.dtype),
+        "tokens_sha256_16": _digest(tokens),
+        "load_s": load_s,
+        "timing": timing,
+        "memory": {"rss_before_forward_mib": rss_before / common.MIB,
+                   "forward_peak_rss_mib": memory.peak_bytes / common.MIB, "method": memory.method},
+        "runtime": {
+            "torch_num_threads": torch.get_num_threads(),
+            "torch_num_interop_threads": torch.get_num_interop_threads(),
+            "mkldnn_available": torch.backends.mkldnn.is_available(),
+            "mkl_available": torch.backends.mkl.is_available(),
+        },
+    }
+
+
+def compare_logits(ours_path: str, theirs_path: str, chunk_rows: int = 1) -> dict[str, Any]:
+    """Max abs difference and argmax agreement of two saved [batch, length, vocab] arrays, a few rows at a time."""
+    ours = np.load(ours_path, mmap_mode="r")
+    theirs = np.load(theirs_path, mmap_mode="r")
+    if ours.shape != theirs.shape:
+        raise ValueError(f"logits shapes differ: ours {ours.shape}, theirs {theirs.shape}")
+    max_abs = 0.0
+    max_ref = 0.0
+    same_argmax = 0
+    for row in range(0, ours.shape[0], chunk_rows):
+        a = np.asarray(ours[row:row + chunk_rows], np.float32)
+        b = np.asarray(theirs[row:row + chunk_rows], np.float32)
+        max_abs = max(max_abs, float(np.max(np.abs(a - b))))
+        max_ref = max(max_ref, float(np.max(np.abs(b))))
+        same_argmax += int(np.sum(a.argmax(-1) == b.argmax(-1)))
+    positions = ours.shape[0] * ours.shape[1]
+    return {
+        "max_abs_diff": max_abs,
+        "max_abs_logit": max_ref,
+        "argmax_agreement": same_argmax / positions,
+        "tolerance": LOGITS_TOLERANCE,
+        "within_tolerance": max_abs < LOGITS_TOLERANCE,
+    }
+
+
+def random_params(config_name: str, seed: int) -> tuple[Any, Any]:
+    """(config, float32 numpy params) of a named config: norm scales near 1, every other tensor N(0, 1/embed_dim).
+
+    Drawn with numpy over `abstract_params`'s shapes rather than by `init_params`, whose jitted init takes ~9 s to
+    compile even for the tiny config on 2 cores at the default XLA optimisation level: longer than the whole smoke run.
+    """
+    import jax  # noqa: PLC0415
+
+    from lsi.models import abstract_params, get_config  # noqa: PLC0415
+
+    cfg = get_config(config_name)
+    rng = np.random.default_rng(seed)
+    std = cfg.embed_dim ** -0.5
+
+    def draw(path: Any, leaf: Any) -> np.ndarray:
+        noise = rng.standard_normal(leaf.shape).astype(np.float32)
+        if jax.tree_util.keystr(path).endswith("['scale']"):
+            return 1.0 + 0.1 * noise
+        return std * noise
+
+    return cfg, jax.tree_util.tree_map_with_path(draw, abstract_params(cfg))
+
+
+def _random_weight_source(config_name: str, seed: int, directory: pathlib.Path) -> ModelSource:
+    """Random parameters of a named config written as a HF directory, so that both sides load identical weights."""
+    from lsi.checkpoints import save_hf_directory  # noqa: PLC0415
+
+    cfg, params = random_params(config_name, seed)
+    save_hf_directory(cfg, params, directory)
+    return ModelSource(ours=str(directory), hf_directory=str(directory), gguf_file=None,
+                       description=f"config {config_name!r}, random weights (numpy seed {seed})")
+
+
+def _checkpoint_source(name: str) -> ModelSource:
+    from lsi.checkpoints import resolve_model_path  # noqa: PLC0415
+
+    path = resolve_model_path(name)
+    if path.suffix == ".gguf":
+        return ModelSource(ours=str(path), hf_directory=str(path.parent), gguf_file=path.name,
+                           description=f"{name} ({path.name})")
+    directory = path if path.is_dir() else path.parent
+    return ModelSource(ours=str(directory), hf_directory=str(directory), gguf_file=None, description=f"{name}")
+
+
+def _run(isolate: bool, fn: Any, *args: Any, env: dict[str, str] | None = None) -> tuple[dict[str, Any], float | None]:
+    if not isolate:
+        return fn(*args), None
+    result = common.run_isolated(fn, *args, env=env)
+    return result.value, result.process_peak_rss_bytes / common.MIB
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT,
+                        help="packaged model name, .gguf file or HF directory (default: %(default)s)")
+    source.add_argument("--config", default=None,
+                        help="named lsi config with random weights instead of a checkpoint, e.g. 'tiny' (smoke test)")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--length", type=int, default=512)
+    parser.add_argument("--repeats", type=int, default=3, help="timed calls per side (default: %(default)s)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed calls per side before timing")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the token batch (and of random weights)")
+    parser.add_argument("--threads", type=int, default=common.usable_cores(),
+                        help="torch intra-op threads (default: usable cores, %(default)s)")
+    parser.add_argument("--output", default=None,
+                        help=f"JSON path (default: {DEFAULT_OUTPUT.relative_to(REPO)} for a checkpoint, "
+                             "a temp-dir path for --config)")
+    parser.add_argument("--no_reference", "--no-reference", dest="reference", action="store_false",
+                        help="skip the transformers side")
+    parser.add_argument("--no_isolate", "--no-isolate", dest="isolate", action="store_false",
+                        help="run both sides in this process (faster start; no per-side process peak memory)")
+    parser.add_argument("--xla_flags", "--xla-flags", default=None,
+                        help="XLA_FLAGS for our side's process (appended to the inherited ones); needs isolation")
+    args = parser.parse_args(argv)
+    if args.batch < 1 or args.length < 1 or args.repeats < 1 or args.warmup < 0:
+        parser.error("--batch, --length and --repeats must be >= 1 and --warmup >= 0.")
+    if args.xla_flags and not args.isolate:
+        parser.error("--xla_flags needs a fresh process for our side; drop --no_isolate.")
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    workload = Workload(batch=args.batch, length=args.length, seed=args.seed, warmup=args.warmup,
+                        repeats=args.repeats)
+    if args.output:
+        output = pathlib.Path(args.output)
+    elif args.config:
+        output = pathlib.Path(tempfile.gettempdir()) / "lsi-benchmarks" / f"forward_{args.config}.json"
+    else:
+        output = DEFAULT_OUTPUT
+    ours_env = None
+    if args.xla_flags:
+        ours_env = {"XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} {args.xla_flags}".strip()}
+
+    with tempfile.TemporaryDirectory(prefix="lsi-forward-") as tmp:
+        tmpdir = pathlib.Path(tmp)
+        if args.config:
+            source = _random_weight_source(args.config, args.seed, tmpdir / "model")
+        else:
+            source = _checkpoint_source(args.checkpoint)
+        ours_logits = str(tmpdir / "ours.npy") if args.reference else None
+        theirs_logits = str(tmpdir / "theirs.npy")
+
+        print(f"[forward] ours: {source.description}, batch {workload.batch} x length {workload.length}", flush=True)
+        ours, ours_process_peak = _run(args.isolate, measure_ours, source, workload, ours_logits, env=ours_env)
+        ours["memory"]["process_peak_rss_mib"] = ours_process_peak
+        theirs = correctness = None
+        if args.reference:
+            print(f"[forward] transformers/torch ({args.threads} threads)", flush=True)
+            theirs, theirs_process_peak = _run(args.isolate, measure_theirs, source, workload, args.threads,
+                                               theirs_logits)
+            theirs["memory"]["process_peak_rss_mib"] = theirs_process_peak
+            if theirs["tokens_sha256_16"] != ours["tokens_sha256_16"]:
+                raise RuntimeError("The two sides saw different token batches; vocab sizes differ?")
+            correctness = compare_logits(ours_logits, theirs_logits)
+
+    tokens = workload.tokens_per_call
+    ours_tps = common.throughput(tokens, ours["timing"])
+    theirs_tps = common.throughput(tokens, theirs["timing"]) if theirs else None
+    flops = ours["forward_flops_per_token"]
+    record = {
+        "benchmark": "forward",
+        "description": "prefill: one full forward of a [batch, length] token batch to float32 logits "
+                       "[batch, length, vocab]; tokens/s = batch * length / median wall time",
+        "model": source.description,
+        "dtype": ours["model_config"]["dtype"],
+        "batch": workload.batch,
+        "length": workload.length,
+        "seed": workload.seed,
+        "tokens_per_s": {"ours": ours_tps["median"], "transformers": theirs_tps["median"] if theirs_tps else None},
+        "ratio_ours_over_transformers": ours_tps["median"] / theirs_tps["median"] if theirs_tps else None,
+        "compile_s_ours": ours["lower_s"] + ours["compile_s"],
+        "logits_check": correctness,
+        "model_tflops_per_s": {  # PaLM appendix-B FLOPs (attention over the full length, masked half included)
+            "ours": flops * ours_tps["median"] / 1e12,
+            "transformers": flops * theirs_tps["median"] / 1e12 if theirs_tps else None,
+        },
+        "threads": {"torch": theirs["runtime"]["torch_num_threads"] if theirs else None,
+                    "xla": f"default CPU client thread pool over {common.usable_cores()} usable cores"},
+        "jax_devices": ours["runtime"]["jax_devices"],
+        "ours": ours | {"tokens_per_s": ours_tps},
+        "transformers": None if theirs is None else theirs | {"tokens_per_s": theirs_tps},
+        "isolated_processes": args.isolate,
+        **common.environment_info(PACKAGES, ENV_VARS),
+    }
+    common.write_json(output, record)
+    print(_summary(record))
+    print(f"[forward] wrote {output}")
+    return record
+
+
+def _summary(record: dict[str, Any]) -> str:
+    rows = []
+    for side in ("ours", "transformers"):
+        result = record[side]
+        if result is None:
+            continue
+        t = result["timing"]
+        rows.append([side, record["tokens_per_s"][side], t["median_s"], t["min_s"], t["max_s"],
+                     record["model_tflops_per_s"][side] * 1e3, t["cpu_utilization"],
+                     result["memory"]["forward_peak_rss_mib"],
+                     result["memory"]["process_peak_rss_mib"]])
+    table = common.format_table(
+        ["side", "tokens/s", "median s", "min s", "max s", "GFLOP/s", "cpu util", "fwd peak MiB", "proc peak MiB"], rows)
+    lines = [f"{record['model']}  {record['dtype']}  batch {record['batch']} x length {record['length']}", table]
+    if record["ratio_ours_over_transformers"] is not None:
+        check = record["logits_check"]
+        lines.append(f"ours / transformers = {record['ratio_ours_over_transformers']:.3f}   "
+                     f"max |logits diff| = {check['max_abs_diff']:.2e} "
+                     f"({'ok' if check['within_tolerance'] else 'ABOVE'} < {check['tolerance']:g}), "
+                     f"argmax agreement {check['argmax_agreement']:.4f}")
+    lines.append(f"compile (ours): {record['compile_s_ours']:.2f} s   torch threads: {record['threads']['torch']}   "
+                 f"jax devices: {', '.join(record['jax_devices'])}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,291 @@
+"""A pure, model-agnostic sampler: prefill each prompt once, then decode m samples that share its KV cache.
+
+`temperature_sample(lm, params, prompts, ...)` is a pure function of (params, prompt tokens, example ids, seed,
+sampling config). The m samples of a prompt attend to one prefix cache (never copied m times), so memory for m
+samples of one long prompt grows with m only by the generated part. Sample j of example i draws its random numbers
+from `fold_in(fold_in(fold_in(seed, i), j), step)`, so its tokens do not depend on which other prompts share the
+batch, on padding, or on how the batch is sharded.
+
+Text-level work (decoding ids, cutting at stop strings) happens on the host in `lsi.sampling_driver`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Protocol, Sequence
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lsi.models.configs import TransformerConfig
+from lsi.models.transformer import DecodeCache, Transformer, init_decode_cache
+from lsi.partitioning import activation_sharding, constrain
+
+Array = jax.Array
+
+# Finish reasons of a sample.
+FINISH_MAX_LENGTH = 0
+FINISH_EOS = 1
+FINISH_STOP = 2
+FINISH_REASONS = {FINISH_MAX_LENGTH: "max_length", FINISH_EOS: "eos", FINISH_STOP: "stop"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Greedy:
+    """Exact argmax decoding (not a low temperature); every sample of a prompt is the same."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Temperature:
+    """Sampling from softmax(logits / temperature), optionally restricted to the top-k tokens and then to the
+    smallest set whose probability reaches top_p (HF's order: temperature, top-k, top-p)."""
+
+    temperature: float = 0.7
+    top_k: int | None = None
+    top_p: float | None = None
+
+    def __post_init__(self) -> None:
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0 (use Greedy() for argmax), got {self.temperature}.")
+        if self.top_k is not None and self.top_k < 1:
+            raise ValueError(f"top_k must be >= 1 or None, got {self.top_k}.")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}.")
+
+
+SamplingMethod = Greedy | Temperature
+
+
+@flax.struct.dataclass
+class SampleOutput:
+    """What the sampler returns for a batch of prompts, m samples each."""
+
+    tokens: Array  # [batch, samples, max_new] int32; positions at or after `lengths` hold `pad_id`
+    lengths: Array  # [batch, samples] int32: generated tokens, the EOS or last stop token included
+    log_probs: Array  # [batch, samples, max_new] float32: log p(token) under the model (temperature 1, unmasked)
+    finish_reason: Array  # [batch, samples] int32, see FINISH_REASONS
+
+
+class LanguageModel(Protocol):
+    """What the sampler needs from a model: a prefill and a one-token decode step over a shared-prefix cache."""
+
+    def prefill(self, params: Any, tokens: Array, lengths: Array, num_samples: int, max_new: int
+                ) -> tuple[Array, Any]:
+        """tokens [batch, length] right-padded, lengths [batch] -> (logits of the last prompt token [batch, vocab],
+        cache for `num_samples` continuations of up to `max_new` tokens)."""
+
+    def decode(self, params: Any, tokens: Array, positions: Array, cache: Any) -> tuple[Array, Any]:
+        """tokens, positions [batch, samples] -> (logits [batch, samples, vocab], updated cache)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformerLM:
+    """`LanguageModel` over `lsi.models.Transformer`."""
+
+    config: TransformerConfig
+
+    def prefill(self, params: Any, tokens: Array, lengths: Array, num_samples: int, max_new: int
+                ) -> tuple[Array, DecodeCache]:
+        batch, length = tokens.shape
+        mask = jnp.arange(length)[None, :] < lengths[:, None]  # [batch, length]
+        positions = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
+        logits, (k, v) = Transformer(self.config).apply(
+            {"params": params}, tokens, positions, mask.astype(jnp.int32), return_kv=True, logits_at=lengths - 1
+        )
+        return logits, init_decode_cache(k, v, mask, num_samples, max_new)
+
+    def decode(self, params: Any, tokens: Array, positions: Array, cache: DecodeCache) -> tuple[Array, DecodeCache]:
+        return Transformer(self.config).apply({"params": params}, tokens, positions, cache,
+                                              method=Transformer.decode)
+
+
+def sample_keys(seed: int | Array, example_ids: Array, num_samples: int) -> Array:
+    """[batch, samples] raw PRNG keys; key (i, j) depends only on (seed, example_ids[i], j)."""
+    base = jax.random.PRNGKey(seed)
+    per_example = jax.vmap(lambda i: jax.random.fold_in(base, i))(example_ids.astype(jnp.uint32))
+    return jax.vmap(lambda key: jax.vmap(lambda j: jax.random.fold_in(key, j))(jnp.arange(num_samples)))(per_example)
+
+
+def masked_logits(logits: Array, method: Temperature) -> Array:
+    """Temperature-scaled logits with tokens outside top-k / top-p set to -inf. logits: [..., vocab] float32."""
+    scaled = logits / method.temperature
+    neg_inf = jnp.asarray(-jnp.inf, scaled.dtype)
+    if method.top_k is not None and method.top_k < scaled.shape[-1]:
+        kth = jax.lax.top_k(scaled, method.top_k)[0][..., -1:]  # [..., 1]
+        scaled = jnp.where(scaled < kth, neg_inf, scaled)
+    if method.top_p is not None and method.top_p < 1.0:
+        if method.top_k is not None and method.top_k < scaled.shape[-1]:
+            ordered = jax.lax.top_k(scaled, method.top_k)[0]  # only the top-k can survive: sort k, not vocab
+        else:
+            ordered = -jnp.sort(-scaled, axis=-1)  # [..., vocab] descending
+        probs = jax.nn.softmax(ordered, axis=-1)
+        mass_before = jnp.cumsum(probs, axis=-1) - probs
+        keep = mass_before < method.top_p  # the first token is always kept
+        threshold = jnp.min(jnp.where(keep, ordered, jnp.inf), axis=-1, keepdims=True)
+        scaled = jnp.where(scaled < threshold, neg_inf, scaled)
+    return scaled
+
+
+def choose_tokens(logits: Array, keys: Array, method: SamplingMethod) -> Array:
+    """logits [batch, samples, vocab], keys [batch, samples, 2] -> tokens [batch, samples] int32."""
+    if isinstance(method, Greedy):
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    scaled = masked_logits(logits, method)
+    draw = lambda key, row: jax.random.categorical(key, row)  # noqa: E731
+    return jax.vmap(jax.vmap(draw))(keys, scaled).astype(jnp.int32)
+
+
+def _stop_table(stop_sequences: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
+    """Stop token sequences right-aligned in a [num_stops, max_len] table (-1 = wildcard) and their lengths."""
+    if not stop_sequences:
+        return np.full((0, 1), -1, np.int32), np.zeros((0,), np.int32)
+    width = max(len(s) for s in stop_sequences)
+    table = np.full((len(stop_sequences), width), -1, np.int32)
+    for row, seq in enumerate(stop_sequences):
+        if not seq:
+            raise ValueError("An empty stop sequence would stop every sample immediately.")
+        table[row, width - len(seq):] = seq
+    return table, np.asarray([len(s) for s in stop_sequences], np.int32)
+
+
+def _ends_with_stop(generated: Array, step: Array, table: Array, stop_lengths: Array) -> Array:
+    """Whether the tokens generated up to `step` end with any stop sequence. generated: [batch, samples, max_new]."""
+    if table.shape[0] == 0:
+        return jnp.zeros(generated.shape[:2], bool)
+    width = table.shape[1]
+    offsets = step - (width - 1) + jnp.arange(width)  # [width] positions of the trailing window
+    window = jnp.take(generated, jnp.clip(offsets, 0), axis=2)  # [batch, samples, width]
+    valid = offsets >= 0
+    match = (table[None, None] == -1) | ((window[:, :, None, :] == table[None, None]) & valid)
+    long_enough = stop_lengths <= step + 1  # [num_stops]
+    return jnp.any(jnp.all(match, axis=-1) & long_enough, axis=-1)
+
+
+@flax.struct.dataclass
+class _LoopState:
+    step: Array  # [] int32: index of the token chosen last
+    tokens: Array  # [batch, samples, max_new]
+    log_probs: Array  # [batch, samples, max_new]
+    done: Array  # [batch, samples] bool
+    lengths: Array  # [batch, samples]
+    finish_reason: Array  # [batch, samples]
+    cache: Any
+
+
+def temperature_sample(
+    lm: LanguageModel,
+    params: Any,
+    prompt_tokens: Array,
+    prompt_lengths: Array,
+    example_ids: Array,
+    *,
+    seed: int | Array,
+    num_samples: int,
+    max_new_tokens: int,
+    method: SamplingMethod = Temperature(),
+    eos_ids: Sequence[int] = (),
+    stop_sequences: Sequence[Sequence[int]] = (),
+    pad_id: int = 0,
+) -> SampleOutput:
+    """Samples `num_samples` continuations of each prompt (traceable: jit it, see `make_sampler`).
+
+    prompt_tokens: int32 [batch, prompt_len] right-padded; prompt_lengths: int32 [batch] (>= 1);
+    example_ids: int [batch] stable ids that seed each prompt's random streams.
+    The loop is a `lax.while_loop` that exits as soon as every sample has hit EOS or a stop sequence.
+    """
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be >= 1, got {num_samples}.")
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}.")
+    batch = prompt_tokens.shape[0]
+    shape = (batch, num_samples)
+    table, stop_lengths = (jnp.asarray(a) for a in _stop_table(stop_sequences))
+    eos = jnp.asarray(np.asarray(eos_ids, np.int32).reshape(-1))
+    keys = sample_keys(seed, example_ids, num_samples)  # [batch, samples, 2]
+
+    def step_keys(step: Array) -> Array:
+        return jax.vmap(jax.vmap(lambda k: jax.random.fold_in(k, step)))(keys)
+
+    def choose(state: _LoopState, logits: Array, step: Array) -> _LoopState:
+        """Picks token `step` for every sample from logits [batch, samples, vocab] and updates stop flags."""
+        logits = constrain(logits, ("batch", "samples", "vocab"))
+        token = choose_tokens(logits, step_keys(step), method)
+        log_prob = jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), token[..., None], axis=-1)[..., 0]
+        token = jnp.where(state.done, pad_id, token)
+        tokens = state.tokens.at[:, :, step].set(token)
+        log_probs = state.log_probs.at[:, :, step].set(jnp.where(state.done, 0.0, log_prob))
+        hit_eos = jnp.any(token[..., None] == eos, axis=-1) & ~state.done
+        hit_stop = _ends_with_stop(tokens, step, table, stop_lengths) & ~state.done & ~hit_eos
+        reason = jnp.where(hit_eos, FINISH_EOS, jnp.where(hit_stop, FINISH_STOP, state.finish_reason))
+        lengths = jnp.where(state.done, state.lengths, step + 1)
+        return state.replace(step=step, tokens=tokens, log_probs=log_probs, done=state.done | hit_eos | hit_stop,
+                             lengths=lengths, finish_reason=reason)
+
+    first_logits, cache = lm.prefill(params, prompt_tokens, prompt_lengths, num_samples, max_new_tokens)
+    first_logits = jnp.broadcast_to(first_logits[:, None, :], (batch, num_samples, first_logits.shape[-1]))
+    state = _LoopState(
+        step=jnp.zeros((), jnp.int32),
+        tokens=jnp.full((*shape, max_new_tokens), pad_id, jnp.int32),
+        log_probs=jnp.zeros((*shape, max_new_tokens), jnp.float32),
+        done=jnp.zeros(shape, bool),
+        lengths=jnp.zeros(shape, jnp.int32),
+        finish_reason=jnp.full(shape, FINISH_MAX_LENGTH, jnp.int32),
+        cache=cache,
+    )
+    state = choose(state, first_logits.astype(jnp.float32), jnp.zeros((), jnp.int32))
+
+    def keep_going(state: _LoopState) -> Array:
+        return (state.step + 1 < max_new_tokens) & ~jnp.all(state.done)
+
+    def body(state: _LoopState) -> _LoopState:
+        previous = jax.lax.dynamic_index_in_dim(state.tokens, state.step, axis=2, keepdims=False)
+        positions = prompt_lengths[:, None] + state.step  # RoPE position of `previous`
+        logits, cache = lm.decode(params, previous, jnp.broadcast_to(positions, shape).astype(jnp.int32),
+                                  state.cache)
+        return choose(state.replace(cache=cache), logits.astype(jnp.float32), state.step + 1)
+
+    state = jax.lax.while_loop(keep_going, body, state)
+    return SampleOutput(tokens=state.tokens, lengths=state.lengths, log_probs=state.log_probs,
+                        finish_reason=state.finish_reason)
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplerSpec:
+    """Static settings of a compiled sampler (hashable: one compiled program per spec and input shape)."""
+
+    num_samples: int
+    max_new_tokens: int
+    method: SamplingMethod = Temperature()
+    eos_ids: tuple[int, ...] = ()
+    stop_sequences: tuple[tuple[int, ...], ...] = ()
+    pad_id: int = 0
+
+
+def make_sampler(lm: LanguageModel, spec: SamplerSpec, mesh: jax.sharding.Mesh | None = None):
+    """A jitted `(params, prompt_tokens, prompt_lengths, example_ids, seed) -> SampleOutput`.
+
+    With a mesh, activations are constrained by their logical axes (prompts and samples data-parallel, heads and
+    mlp tensor-parallel); params must already be placed with `lsi.partitioning.shard_tree`.
+    """
+
+    def run(params: Any, prompt_tokens: Array, prompt_lengths: Array, example_ids: Array, seed: Array
+            ) -> SampleOutput:
+        with activation_sharding(mesh):
+            return temperature_sample(
+                lm, params, prompt_tokens, prompt_lengths, example_ids, seed=seed,
+                num_samples=spec.num_samples, max_new_tokens=spec.max_new_tokens, method=spec.method,
+                eos_ids=spec.eos_ids, stop_sequences=spec.stop_sequences, pad_id=spec.pad_id,
+            )
+
+    return jax.jit(run)
+
+
+@functools.lru_cache(maxsize=64)
+def bucket_length(length: int, minimum: int = 16) -> int:
+    """The padded length for a prompt: the next power of two (at least `minimum`), so a run compiles few shapes."""
+    if length < 1:
+        raise ValueError(f"length must be >= 1, got {length}.")
+    return max(minimum, 1 << (length - 1).bit_length())
