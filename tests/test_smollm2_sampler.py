@@ -41,7 +41,7 @@ def ours(smollm2):
     cfg, params = smollm2
     vocab = load_vocabulary("smollm2-135m-instruct")
     sampler = BatchSampler(TransformerLM(cfg), jax.device_put(params), vocab, cfg.max_length, num_samples=1,
-                           max_new_tokens=NEW_TOKENS, method=Greedy(), batch_size=5, progress=False)
+                           max_new_tokens=NEW_TOKENS, method=Greedy(), batch_size=10, progress=False)
     requests = [SampleRequest(str(i), prompt) for i, prompt in enumerate(PROMPTS)]
     return vocab, {int(c.example_id): c for c in sampler.run(requests)}
 
