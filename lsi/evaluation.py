@@ -1,0 +1,212 @@
+"""Evaluation with the paper's three prompting methods (PAPER.md section 6).
+
+- `standard`: few-shot direct-answer prompt, greedy.
+- `cot_greedy`: few-shot chain-of-thought prompt, greedy ("single path").
+- `self_consistency`: m sampled CoT paths at temperature T (top-k optional), majority vote over parsed answers.
+  Accuracy at smaller m comes from the same run by subsampling paths (Figure 5), averaged over seeded subsets.
+
+Each mode writes `<output_dir>/<mode>/predictions.jsonl` (one line per question: id, prompt hash, every sample's
+text / parsed answer / finish reason, the vote and its share, gold, correct) and all modes share
+`<output_dir>/metrics.json` (accuracy with N and a 95% interval, accuracy at several m, calibration bins, counts).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import pathlib
+import time
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from lsi import metrics
+from lsi.batch_decoding import BatchSampler, Completion, SampleRequest
+from lsi.decoding import Greedy, LanguageModel, Temperature
+from lsi.io_utils import write_json_atomic, write_jsonl_atomic
+from lsi.self_improve.voting import vote_answers
+from lsi.tasks.answers import answers_equal, parse_answer
+from lsi.tasks.base import Example, Task
+from lsi.tasks.prompting import PromptFormat, build_prompt, stop_strings
+
+MODES = ("standard", "cot_greedy", "self_consistency")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    """How to evaluate. Defaults follow the paper: 256 new tokens; self-consistency T=0.7 before LMSI (1.2 after),
+    top-k 40 (the Self-Consistency paper's PaLM setting), m=32."""
+
+    modes: tuple[str, ...] = MODES
+    num_samples: int = 32
+    temperature: float = 0.7
+    top_k: int | None = 40
+    top_p: float | None = None
+    max_new_tokens: int = 256
+    subsample_sizes: tuple[int, ...] = (1, 5, 10, 15, 20, 25, 32)
+    subsample_repeats: int = 20
+    batch_size: int = 8
+    seed: int = 0
+    limit: int | None = None  # evaluate the first `limit` questions of the eval split
+    calibration_bins: int = 10
+
+    def __post_init__(self) -> None:
+        unknown = set(self.modes) - set(MODES)
+        if unknown:
+            raise ValueError(f"Unknown evaluation mode(s) {sorted(unknown)}; known: {MODES}.")
+
+
+def prompt_hash(prompt: str) -> str:
+    return hashlib.sha256(prompt.encode("utf-8")).hexdigest()[:16]
+
+
+def _is_correct(prediction: str | None, example: Example, answer_type: str) -> bool:
+    golds = [g for g in (example.answer, *example.alternatives) if g is not None]
+    return any(answers_equal(prediction, gold, answer_type) for gold in golds)
+
+
+def _requests(task: Task, examples: Sequence[Example], fmt: PromptFormat) -> list[SampleRequest]:
+    return [SampleRequest(e.id, build_prompt(fmt, e.question, task.exemplars_for(e))) for e in examples]
+
+
+def accuracy_at_subsets(sample_answers: Sequence[Sequence[str | None]], examples: Sequence[Example],
+                        answer_type: str, sizes: Iterable[int], repeats: int, seed: int) -> dict[str, Any]:
+    """Self-consistency accuracy with m' of the m sampled paths, averaged over `repeats` seeded random subsets."""
+    rng = np.random.default_rng(seed)
+    m = len(sample_answers[0]) if sample_answers else 0
+    results = {}
+    for size in sorted(set(s for s in sizes if 1 <= s <= m)):
+        trials = 1 if size == m else repeats
+        accuracies = []
+        for _ in range(trials):
+            correct = []
+            for answers, example in zip(sample_answers, examples):
+                chosen = sorted(rng.choice(m, size=size, replace=False)) if size < m else range(m)
+                vote = vote_answers([answers[i] for i in chosen], answer_type)
+                correct.append(_is_correct(vote.answer, example, answer_type))
+            accuracies.append(float(np.mean(correct)) if correct else 0.0)
+        results[str(size)] = {"accuracy": float(np.mean(accuracies)), "std_over_subsets": float(np.std(accuracies)),
+                              "subsets": trials}
+    return results
+
+
+def _mode_records(mode: str, task: Task, examples: Sequence[Example], completions: dict[str, Completion],
+                  prompts: dict[str, str]) -> tuple[list[dict[str, Any]], list[list[str | None]]]:
+    records, all_answers = [], []
+    for example in examples:
+        completion = completions[example.id]
+        answers = [parse_answer(text, task.answer_type) for text in completion.texts]
+        vote = vote_answers(answers, task.answer_type)
+        all_answers.append(answers)
+        records.append({
+            "id": example.id,
+            "prompt_hash": prompt_hash(prompts[example.id]),
+            "samples": [
+                {"text": text, "answer": answer, "finish_reason": reason, "num_tokens": len(ids),
+                 "sum_log_prob": log_prob}
+                for text, answer, reason, ids, log_prob in zip(completion.texts, answers, completion.finish_reasons,
+                                                                completion.token_ids, completion.sum_log_probs)
+            ],
+            "vote": vote.answer,
+            "vote_count": vote.count,
+            "vote_share": vote.share_of_all,
+            "vote_share_of_parsed": vote.share_of_parsed,
+            "tie": vote.tie,
+            "gold": example.answer,
+            "gold_alternatives": list(example.alternatives),
+            "correct": _is_correct(vote.answer, example, task.answer_type),
+        })
+    return records, all_answers
+
+
+def _mode_metrics(mode: str, task: Task, records: list[dict[str, Any]], all_answers: list[list[str | None]],
+                  examples: Sequence[Example], config: EvalConfig, sampler: BatchSampler) -> dict[str, Any]:
+    correct = [r["correct"] for r in records]
+    result: dict[str, Any] = {
+        "accuracy": metrics.accuracy(correct).as_dict(),
+        "num_questions": len(records),
+        "unparseable_samples": sum(a is None for answers in all_answers for a in answers),
+        "questions_without_answer": sum(r["vote"] is None for r in records),
+        "ties": sum(r["tie"] for r in records),
+        "finish_reasons": _count(s["finish_reason"] for r in records for s in r["samples"]),
+        "sampler": dict(sampler.stats),
+    }
+    if task.answer_type == "drop":
+        f1 = [metrics.drop_f1(r["vote"] or "", [g for g in (r["gold"], *r["gold_alternatives"]) if g])
+              for r in records]
+        result["f1"] = metrics.bootstrap_ci(f1, seed=config.seed).as_dict()
+    if mode == "self_consistency":
+        result["accuracy_at_m"] = accuracy_at_subsets(all_answers, examples, task.answer_type,
+                                                      config.subsample_sizes, config.subsample_repeats, config.seed)
+        result["calibration"] = metrics.calibration_bins([r["vote_share"] for r in records], correct,
+                                                         num_bins=config.calibration_bins)
+    return result
+
+
+def _count(items: Iterable[str]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for item in items:
+        counts[item] = counts.get(item, 0) + 1
+    return counts
+
+
+def evaluate(task: Task, lm: LanguageModel, params: Any, vocab: Any, max_length: int, config: EvalConfig,
+             output_dir: str | os.PathLike, mesh: Any = None, examples: Sequence[Example] | None = None,
+             progress: bool = True) -> dict[str, Any]:
+    """Runs every mode of `config` on the task's eval split and writes predictions and metrics under `output_dir`."""
+    output_dir = pathlib.Path(output_dir)
+    examples = list(task.load_eval() if examples is None else examples)
+    if config.limit is not None:
+        examples = examples[: config.limit]
+    if not examples:
+        raise ValueError(f"Task {task.name}: the eval split is empty.")
+    all_metrics: dict[str, Any] = {"task": task.name, "answer_type": task.answer_type, "config":
+                                   dataclasses.asdict(config), "modes": {}}
+    for mode in config.modes:
+        fmt = PromptFormat.FEW_SHOT_DIRECT if mode == "standard" else PromptFormat.FEW_SHOT_COT
+        greedy = mode != "self_consistency"
+        sampler = BatchSampler(
+            lm, params, vocab, max_length,
+            num_samples=1 if greedy else config.num_samples,
+            max_new_tokens=config.max_new_tokens,
+            method=Greedy() if greedy else Temperature(config.temperature, config.top_k, config.top_p),
+            stop_strings=stop_strings(task.exemplars_for(examples[0])),
+            batch_size=config.batch_size, seed=config.seed, mesh=mesh, progress=progress,
+        )
+        requests = _requests(task, examples, fmt)
+        prompts = {r.example_id: r.prompt for r in requests}
+        start = time.perf_counter()
+        completions = {c.example_id: c for c in sampler.run(requests, total=len(requests))}
+        records, answers = _mode_records(mode, task, examples, completions, prompts)
+        write_jsonl_atomic(output_dir / mode / "predictions.jsonl", records)
+        mode_metrics = _mode_metrics(mode, task, records, answers, examples, config, sampler)
+        mode_metrics["seconds"] = time.perf_counter() - start
+        all_metrics["modes"][mode] = mode_metrics
+        write_json_atomic(output_dir / "metrics.json", all_metrics)
+    return all_metrics
+
+
+def format_summary(all_metrics: dict[str, Any]) -> str:
+    """One line per mode: accuracy with its interval and N."""
+    lines = [f"{all_metrics['task']}:"]
+    for mode, result in all_metrics["modes"].items():
+        acc = result["accuracy"]
+        lines.append(f"  {mode:<17} {100 * acc['value']:5.1f}% [{100 * acc['ci_low']:.1f}, "
+                     f"{100 * acc['ci_high']:.1f}] (n={acc['n']})")
+    return "\n".join(lines)
+
+
+def load_predictions(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """Reads a predictions.jsonl; a malformed line is an error naming the file and line."""
+    records = []
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{number}: malformed JSON ({e.msg}).") from None
+    return records

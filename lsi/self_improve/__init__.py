@@ -1,0 +1,1 @@
+"""Self-improvement data: sampling reasoning paths, majority voting, the four training formats."""

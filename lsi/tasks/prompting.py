@@ -1,0 +1,85 @@
+"""The paper's four prompt formats (PAPER.md Table 2) built from an exemplar set and a question.
+
+    few-shot CoT       [CoT exemplars] \\n [Question] \\n A:                     -> " <reasoning> The answer is X."
+    few-shot direct    [direct exemplars] \\n [Question] \\n A:                  -> " The answer is X."
+    zero-shot CoT      [Question] \\n A: Let's think step by step.               -> " <reasoning> The answer is X."
+    zero-shot direct   [Question] \\n A:                                         -> " The answer is X."
+
+Direct exemplars are the CoT exemplars with the reasoning removed. Each exemplar block ends with a newline and blocks
+are joined by the paper's '\\n', so consecutive blocks are separated by a blank line; the sampler stops on "\\n\\n"
+followed by the next question's prefix.
+"""
+
+from __future__ import annotations
+
+import enum
+
+from lsi.tasks.base import ExemplarSet
+
+STEP_BY_STEP = "Let's think step by step."
+DIRECT_ANSWER_PREFIX = "The answer is"
+
+
+class PromptFormat(str, enum.Enum):
+    FEW_SHOT_COT = "few_shot_cot"
+    FEW_SHOT_DIRECT = "few_shot_direct"
+    ZERO_SHOT_COT = "zero_shot_cot"
+    ZERO_SHOT_DIRECT = "zero_shot_direct"
+
+    @property
+    def is_cot(self) -> bool:
+        return self in (PromptFormat.FEW_SHOT_COT, PromptFormat.ZERO_SHOT_COT)
+
+    @property
+    def is_few_shot(self) -> bool:
+        return self in (PromptFormat.FEW_SHOT_COT, PromptFormat.FEW_SHOT_DIRECT)
+
+
+ALL_FORMATS = tuple(PromptFormat)
+
+
+def answer_sentence(answer: str, prefix: str = DIRECT_ANSWER_PREFIX) -> str:
+    """'The answer is 9.' (no doubled period when the answer already ends with one)."""
+    answer = answer.strip()
+    return f"{prefix} {answer}" + ("" if answer.endswith(".") else ".")
+
+
+def exemplar_block(exemplars: ExemplarSet, index: int, cot: bool) -> str:
+    e = exemplars.exemplars[index]
+    if cot:
+        body = f"{e.rationale} {answer_sentence(e.answer, exemplars.answer_prefix)}"
+    else:
+        body = answer_sentence(e.answer, DIRECT_ANSWER_PREFIX)
+    return f"{exemplars.question_prefix}{e.question}\nA: {body}\n"
+
+
+def question_block(question: str, question_prefix: str = "Q: ") -> str:
+    return f"{question_prefix}{question.strip()}\n"
+
+
+def build_prompt(fmt: PromptFormat | str, question: str, exemplars: ExemplarSet | None = None) -> str:
+    """The prompt text of `question` in format `fmt`; few-shot formats need `exemplars`."""
+    fmt = PromptFormat(fmt)
+    prefix = exemplars.question_prefix if exemplars is not None else "Q: "
+    if fmt.is_few_shot:
+        if exemplars is None:
+            raise ValueError(f"Format {fmt.value} needs an exemplar set.")
+        shots = "".join(exemplar_block(exemplars, i, fmt.is_cot) + "\n" for i in range(len(exemplars.exemplars)))
+        return f"{shots}{question_block(question, prefix)}A:"
+    if fmt is PromptFormat.ZERO_SHOT_COT:
+        return f"{question_block(question, prefix)}A: {STEP_BY_STEP}"
+    return f"{question_block(question, prefix)}A:"
+
+
+def build_target(fmt: PromptFormat | str, rationale: str, answer: str) -> str:
+    """The training target that follows the prompt: the kept reasoning path for CoT formats (which already ends in
+    its answer sentence), 'The answer is X.' for direct formats. Starts with a space, as text after 'A:' does."""
+    fmt = PromptFormat(fmt)
+    text = rationale.strip() if fmt.is_cot else answer_sentence(answer)
+    return " " + text
+
+
+def stop_strings(exemplars: ExemplarSet | None = None) -> tuple[str, ...]:
+    """Where a few-shot model has finished its answer and starts inventing the next exemplar."""
+    prefix = (exemplars.question_prefix if exemplars is not None else "Q: ").strip() or "Premise:"
+    return (f"\n\n{prefix}", f"\n{prefix}")
