@@ -39,7 +39,10 @@ def prompts():
 
 @pytest.fixture(scope="module")
 def ours(smollm2, prompts):
-    """Our model on all prompts in one right-padded batch: (logits per prompt [len, vocab], greedy tokens)."""
+    """Our model on all prompts in one right-padded batch, then a greedy loop of jitted cached decode steps.
+
+    name -> (prompt logits [len, vocab], greedy tokens [NEW_TOKENS], the logits that chose them [NEW_TOKENS, vocab]).
+    """
     cfg, params = smollm2
     model = Transformer(cfg)
     params = jax.tree.map(jnp.asarray, params)
@@ -71,16 +74,17 @@ def ours(smollm2, prompts):
 
 @pytest.fixture(scope="module")
 def reference(smollm2_reference, prompts):
-    """transformers on each prompt alone: (logits [len, vocab], greedy new tokens)."""
+    """transformers on each prompt alone: greedy new tokens from `generate`, and the logits of one forward over the
+    prompt and those tokens ([prompt + new, vocab]: the prompt's, then those that chose each new token)."""
     model = smollm2_reference
     eos = model.generation_config.eos_token_id
     results = {}
     with torch.no_grad():
         for name in NAMES:
             ids = torch.tensor([prompts[name]], dtype=torch.long)
-            logits = model(input_ids=ids).logits[0].float().numpy()
             out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
                                  max_new_tokens=NEW_TOKENS, pad_token_id=eos if isinstance(eos, int) else eos[0])
+            logits = model(input_ids=out).logits[0].float().numpy()
             results[name] = (logits, out[0, ids.shape[1]:].numpy())
     return results
 
@@ -91,9 +95,24 @@ def test_prompts_are_varied(prompts):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_logits_match_transformers(name, ours, reference):
-    diff = float(np.abs(ours[name][0] - reference[name][0]).max())
-    print(f"{name}: max |ours - transformers| over {len(ours[name][0])} positions = {diff:.2e}")
+def test_prompt_logits_match_transformers(name, ours, reference):
+    prompt_logits = ours[name][0]
+    diff = float(np.abs(prompt_logits - reference[name][0][:len(prompt_logits)]).max())
+    print(f"{name}: prompt logits (batched, padded) max |ours - transformers| over {len(prompt_logits)} positions "
+          f"= {diff:.2e}")
+    assert diff <= 1e-3
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_decode_step_logits_match_transformers(name, ours, reference):
+    """Logits of our cached decode steps against transformers' full forward over the same continuation."""
+    prompt_len = len(ours[name][0])
+    generated, step_logits = ours[name][1], ours[name][2]
+    expected = reference[name][1]
+    mismatch = np.flatnonzero(generated[:len(expected)] != expected)
+    agree = int(mismatch[0]) + 1 if mismatch.size else len(expected)  # inputs are equal up to the first difference
+    diff = float(np.abs(step_logits[:agree] - reference[name][0][prompt_len - 1:prompt_len - 1 + agree]).max())
+    print(f"{name}: decode-step logits max |ours - transformers| over {agree} steps = {diff:.2e}")
     assert diff <= 1e-3
 
 
@@ -105,8 +124,12 @@ def test_greedy_continuation_matches_transformers_generate(name, ours, reference
     eos = {eos} if isinstance(eos, int) else set(eos)
     assert len(expected) == NEW_TOKENS or expected[-1] in eos  # generate stops early only at end-of-sequence
     mismatch = np.flatnonzero(generated[:len(expected)] != expected)
-    if mismatch.size:
+    if mismatch.size:  # a genuine near-tie shows as two close top logits on both sides
         t = int(mismatch[0])
-        top2 = np.argsort(step_logits[t])[-2:][::-1]
-        pytest.fail(f"{name}: token {t} differs (ours {generated[t]}, transformers {expected[t]}); our top-2 "
-                    f"{[(int(i), float(step_logits[t][i])) for i in top2]}")
+        theirs = reference[name][0][len(ours[name][0]) - 1 + t]
+
+        def top2(logits):
+            return [(int(i), round(float(logits[i]), 5)) for i in np.argsort(logits)[-2:][::-1]]
+
+        pytest.fail(f"{name}: new token {t} differs (ours {generated[t]}, transformers {expected[t]}); top-2 logits: "
+                    f"ours {top2(step_logits[t])}, transformers {top2(theirs)}")
