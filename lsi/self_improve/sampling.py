@@ -173,7 +173,8 @@ def run_sample_stage(task: Task, lm: LanguageModel, params: Any, vocab: Any, max
     output_dir = pathlib.Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     pool = load_pool(task, config.max_questions)
-    settings = {**dataclasses.asdict(config), "task": task.name, "pool_sha256": pool_fingerprint(pool),
+    settings = {**dataclasses.asdict(config), "task": task.name, "answer_type": task.answer_type,
+                "pool_sha256": pool_fingerprint(pool),
                 "model": model_id, "exemplar_sets": sorted(task.exemplar_sets)}
     _check_config_matches(output_dir, settings)
     fmt = PromptFormat(config.prompt_format)

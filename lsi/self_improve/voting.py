@@ -8,9 +8,18 @@ is the sampler's sample index, so the rule is deterministic); a tie is flagged s
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+import json
+import os
+import pathlib
+import time
+from typing import TYPE_CHECKING, Sequence
 
+from lsi.io_utils import write_json_atomic, write_text_atomic
+from lsi.self_improve.manifest import environment, file_sha256
 from lsi.tasks.answers import answers_equal
+
+if TYPE_CHECKING:
+    from lsi.tasks.base import Task
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,3 +60,112 @@ def vote_answers(answers: Sequence[str | None], answer_type: str) -> Vote:
     tied = [(rep, members) for rep, members in groups if len(members) == best]
     representative, members = tied[0]  # first seen wins a tie
     return Vote(representative, best, num_parsed, len(answers), len(tied) > 1, tuple(members))
+
+
+@dataclasses.dataclass(frozen=True)
+class VoteStageConfig:
+    """Paper defaults: no confidence threshold, no de-duplication, every agreeing path kept."""
+
+    min_vote_share: float = 0.0  # of all m samples; questions below it are dropped (an extension, not the paper)
+    dedupe_paths: bool = False  # keep one copy of identical path texts
+    max_paths_per_question: int | None = None  # cap kept paths (lowest sample indices first)
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.min_vote_share <= 1.0:
+            raise ValueError(f"min_vote_share must be in [0, 1], got {self.min_vote_share}.")
+        if self.max_paths_per_question is not None and self.max_paths_per_question < 1:
+            raise ValueError(f"max_paths_per_question must be >= 1 or None, got {self.max_paths_per_question}.")
+
+
+def pseudo_label(question_id: str, question: str, samples: Sequence[dict], answer_type: str,
+                 config: VoteStageConfig) -> tuple[dict | None, dict[str, int]]:
+    """The pseudo-label record of one question from its sample records (sorted by sample index), or None when it
+    yields no training data; plus counters for the manifest."""
+    counts = {"no_parseable_answer": 0, "tie": 0, "below_min_share": 0, "deduped_paths": 0, "capped_paths": 0}
+    vote = vote_answers([s["answer"] for s in samples], answer_type)
+    if vote.answer is None:
+        counts["no_parseable_answer"] = 1
+        return None, counts
+    counts["tie"] = int(vote.tie)
+    if vote.share_of_all < config.min_vote_share:
+        counts["below_min_share"] = 1
+        return None, counts
+    paths = [samples[i] for i in vote.agreeing]
+    if config.dedupe_paths:
+        seen: set[str] = set()
+        unique = [p for p in paths if not (p["text"].strip() in seen or seen.add(p["text"].strip()))]
+        counts["deduped_paths"] = len(paths) - len(unique)
+        paths = unique
+    if config.max_paths_per_question is not None and len(paths) > config.max_paths_per_question:
+        counts["capped_paths"] = len(paths) - config.max_paths_per_question
+        paths = paths[: config.max_paths_per_question]
+    record = {
+        "question_id": question_id,
+        "question": question,
+        "answer": vote.answer,
+        "vote_count": vote.count,
+        "num_parsed": vote.num_parsed,
+        "num_samples": vote.num_samples,
+        "vote_share": vote.share_of_all,
+        "vote_share_of_parsed": vote.share_of_parsed,
+        "tie": vote.tie,
+        "paths": [{"sample_index": p["sample_index"], "text": p["text"]} for p in paths],
+    }
+    return record, counts
+
+
+def run_vote_stage(task: Task, samples_dir: str | os.PathLike, output_dir: str | os.PathLike,
+                   config: VoteStageConfig = VoteStageConfig()) -> dict:
+    """Votes every question of a complete sample stage; writes pseudo_labels.jsonl and manifest.json."""
+    from lsi.self_improve.sampling import load_pool, read_samples  # noqa: PLC0415 - sampling imports the sampler
+
+    start = time.perf_counter()
+    samples_dir, output_dir = pathlib.Path(samples_dir), pathlib.Path(output_dir)
+    sampling = json.loads((samples_dir / "sampling_config.json").read_text())
+    pool = load_pool(task, sampling.get("max_questions"))
+    by_question: dict[str, list[dict]] = {q.id: [] for q in pool}
+    for record in read_samples(samples_dir):
+        if record["question_id"] not in by_question:
+            raise ValueError(f"{samples_dir}: samples for question {record['question_id']!r}, which is not in the "
+                             f"pool of task {task.name}; were they sampled from another task?")
+        by_question[record["question_id"]].append(record)
+    totals = {"questions": len(pool), "no_parseable_answer": 0, "tie": 0, "below_min_share": 0, "deduped_paths": 0,
+              "capped_paths": 0, "pseudo_labels": 0, "kept_paths": 0}
+    lines, shares = [], []
+    for question in pool:
+        samples = sorted(by_question[question.id], key=lambda s: s["sample_index"])
+        record, counts = pseudo_label(question.id, question.question, samples, task.answer_type, config)
+        for key, value in counts.items():
+            totals[key] += value
+        if record is not None:
+            totals["pseudo_labels"] += 1
+            totals["kept_paths"] += len(record["paths"])
+            shares.append(record["vote_share"])
+            lines.append(json.dumps(record, ensure_ascii=False) + "\n")
+    path = write_text_atomic(output_dir / "pseudo_labels.jsonl", "".join(lines))
+    totals["mean_vote_share"] = sum(shares) / len(shares) if shares else 0.0
+    manifest = {
+        "stage": "vote",
+        "config": {**dataclasses.asdict(config), "task": task.name, "answer_type": task.answer_type},
+        "inputs": {"samples_dir": str(samples_dir), "sampling_config": sampling,
+                   "sample_shards_sha256": json.loads((samples_dir / "manifest.json").read_text()).get("outputs")
+                   if (samples_dir / "manifest.json").exists() else None},
+        "outputs": {path.name: {"sha256": file_sha256(path), "records": totals["pseudo_labels"]}},
+        "counts": totals,
+        "last_run": {"seconds": time.perf_counter() - start, "environment": environment()},
+    }
+    write_json_atomic(output_dir / "manifest.json", manifest)
+    return manifest
+
+
+def read_pseudo_labels(path: str | os.PathLike) -> list[dict]:
+    """pseudo_labels.jsonl records; a malformed line is an error naming the file and line."""
+
+    records = []
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{number}: malformed JSON ({e.msg}).") from None
+    return records

@@ -71,11 +71,14 @@ def build_prompt(fmt: PromptFormat | str, question: str, exemplars: ExemplarSet 
     return f"{question_block(question, prefix)}A:"
 
 
-def build_target(fmt: PromptFormat | str, rationale: str, answer: str) -> str:
+def build_target(fmt: PromptFormat | str, rationale: str, answer: str, answer_type: str) -> str:
     """The training target that follows the prompt: the kept reasoning path for CoT formats (which already ends in
-    its answer sentence), 'The answer is X.' for direct formats. Starts with a space, as text after 'A:' does."""
+    its answer sentence), 'The answer is X.' for direct formats (X written as the answer type writes it, e.g.
+    '(b)'). Starts with a space, as text after 'A:' does."""
+    from lsi.tasks.answers import answer_sentence as typed_answer_sentence  # noqa: PLC0415 - avoids an import cycle
+
     fmt = PromptFormat(fmt)
-    text = rationale.strip() if fmt.is_cot else answer_sentence(answer)
+    text = rationale.strip() if fmt.is_cot else typed_answer_sentence(answer, answer_type, DIRECT_ANSWER_PREFIX)
     return " " + text
 
 

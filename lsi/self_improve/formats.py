@@ -1,0 +1,157 @@
+"""Stage 3: every kept reasoning path becomes the paper's four training examples (PAPER.md section 3, Table 2).
+
+The examples are written as TFRecord shards of `tf.train.Example`s with `inputs` and `targets` text (plus
+`question_id`, `format`, `sample_index` for inspection) and registered as a SeqIO Task named after the run, so
+pseudo-labelled data is just another Task; several tasks combine into one Mixture (the paper's multi-task model of
+Table 4) with rates proportional to their example counts by default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pathlib
+import time
+from typing import Any, Iterator, Sequence
+
+from lsi.io_utils import write_json_atomic
+from lsi.self_improve.manifest import environment, file_sha256
+from lsi.self_improve.voting import read_pseudo_labels
+from lsi.tasks.base import Task
+from lsi.tasks.prompting import PromptFormat, build_prompt, build_target
+
+FORMAT_PRESETS: dict[str, tuple[PromptFormat, ...]] = {
+    "all": tuple(PromptFormat),  # the full method ("LMSI w/ CoT formats")
+    "cot_free": (PromptFormat.FEW_SHOT_DIRECT, PromptFormat.ZERO_SHOT_DIRECT),  # "LMSI w/o CoT formats"
+    "few_shot_cot_only": (PromptFormat.FEW_SHOT_COT,),  # "LMSI only few-shot CoT"
+}
+SHARD_PATTERN = "examples-{index:05d}-of-{count:05d}.tfrecord"
+
+
+@dataclasses.dataclass(frozen=True)
+class FormatStageConfig:
+    formats: str | tuple[str, ...] = "all"  # a preset name (Table 5 ablations) or format names
+    num_shards: int = 4
+
+    def resolved_formats(self) -> tuple[PromptFormat, ...]:
+        if isinstance(self.formats, str):
+            if self.formats not in FORMAT_PRESETS:
+                raise ValueError(f"Unknown format preset {self.formats!r}; known: {sorted(FORMAT_PRESETS)}.")
+            return FORMAT_PRESETS[self.formats]
+        return tuple(PromptFormat(f) for f in self.formats)
+
+
+def training_examples(task: Task, pseudo_labels: Sequence[dict[str, Any]],
+                      formats: Sequence[PromptFormat]) -> Iterator[dict[str, Any]]:
+    """(inputs, targets) text pairs: for each question, each kept path, each format (paper order)."""
+    from lsi.tasks.base import Example  # noqa: PLC0415
+
+    for label in pseudo_labels:
+        example = Example(label["question_id"], label["question"])
+        exemplars = task.exemplars_for(example)
+        prompts = {fmt: build_prompt(fmt, label["question"], exemplars) for fmt in formats}
+        for path in label["paths"]:
+            for fmt in formats:
+                yield {
+                    "inputs": prompts[fmt],
+                    "targets": build_target(fmt, path["text"], label["answer"], task.answer_type),
+                    "question_id": label["question_id"],
+                    "format": fmt.value,
+                    "sample_index": int(path["sample_index"]),
+                }
+
+
+def _tf_example(record: dict[str, Any]) -> bytes:
+    import tensorflow as tf  # noqa: PLC0415 - heavy; only the format stage and SeqIO need it
+
+    def text(value: str) -> tf.train.Feature:
+        return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value.encode("utf-8")]))
+
+    features = {k: text(record[k]) for k in ("inputs", "targets", "question_id", "format")}
+    features["sample_index"] = tf.train.Feature(int64_list=tf.train.Int64List(value=[record["sample_index"]]))
+    return tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString()
+
+
+def _write_tfrecord_atomic(path: pathlib.Path, serialized: Sequence[bytes]) -> None:
+    import tensorflow as tf  # noqa: PLC0415
+
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tf.io.TFRecordWriter(str(tmp)) as writer:
+        for item in serialized:
+            writer.write(item)
+    os.replace(tmp, path)
+
+
+def run_format_stage(task: Task, pseudo_labels_path: str | os.PathLike, output_dir: str | os.PathLike,
+                     config: FormatStageConfig = FormatStageConfig()) -> dict[str, Any]:
+    """Writes the training examples as TFRecord shards (round-robin by example) and a manifest with counts."""
+    start = time.perf_counter()
+    output_dir = pathlib.Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    formats = config.resolved_formats()
+    labels = read_pseudo_labels(pseudo_labels_path)
+    shards: list[list[bytes]] = [[] for _ in range(config.num_shards)]
+    per_format = {f.value: 0 for f in formats}
+    count = 0
+    for count, record in enumerate(training_examples(task, labels, formats), start=1):
+        shards[(count - 1) % config.num_shards].append(_tf_example(record))
+        per_format[record["format"]] += 1
+    outputs = {}
+    for index, serialized in enumerate(shards):
+        path = output_dir / SHARD_PATTERN.format(index=index, count=config.num_shards)
+        _write_tfrecord_atomic(path, serialized)
+        outputs[path.name] = {"sha256": file_sha256(path), "examples": len(serialized)}
+    manifest = {
+        "stage": "format",
+        "config": {"formats": [f.value for f in formats], "num_shards": config.num_shards, "task": task.name,
+                   "answer_type": task.answer_type},
+        "inputs": {"pseudo_labels": str(pseudo_labels_path), "sha256": file_sha256(pseudo_labels_path)},
+        "outputs": outputs,
+        "counts": {"questions": len(labels), "kept_paths": sum(len(r["paths"]) for r in labels),
+                   "examples": count, "examples_per_format": per_format},
+        "last_run": {"seconds": time.perf_counter() - start, "environment": environment()},
+    }
+    write_json_atomic(output_dir / "manifest.json", manifest)
+    return manifest
+
+
+def register_formatted_task(name: str, output_dir: str | os.PathLike, vocabulary: Any) -> str:
+    """Registers the format stage's TFRecords as SeqIO Task `name` (split "train"); re-registering replaces it."""
+    import seqio  # noqa: PLC0415
+    import tensorflow as tf  # noqa: PLC0415
+
+    output_dir = pathlib.Path(output_dir)
+    if not list(output_dir.glob("examples-*.tfrecord")):
+        raise FileNotFoundError(f"{output_dir} has no examples-*.tfrecord shards: run the format stage first.")
+    if name in seqio.TaskRegistry.names():
+        seqio.TaskRegistry.remove(name)
+    seqio.TaskRegistry.add(
+        name,
+        source=seqio.TFExampleDataSource(
+            split_to_filepattern={"train": str(output_dir / "examples-*.tfrecord")},
+            feature_description={"inputs": tf.io.FixedLenFeature([], tf.string),
+                                 "targets": tf.io.FixedLenFeature([], tf.string)},
+        ),
+        preprocessors=[seqio.preprocessors.tokenize, seqio.preprocessors.append_eos_after_trim],
+        output_features={
+            "inputs": seqio.Feature(vocabulary, add_eos=False),
+            "targets": seqio.Feature(vocabulary, add_eos=True),
+        },
+    )
+    return name
+
+
+def register_mixture(name: str, tasks: dict[str, str | os.PathLike], rates: dict[str, float] | None = None) -> str:
+    """A SeqIO Mixture over registered formatted tasks ({task name: its format-stage output dir}); by default each
+    task's rate is its number of examples (from its manifest), i.e. examples are sampled uniformly."""
+    import json  # noqa: PLC0415
+
+    import seqio  # noqa: PLC0415
+
+    if rates is None:
+        rates = {task: float(json.loads((pathlib.Path(d) / "manifest.json").read_text())["counts"]["examples"])
+                 for task, d in tasks.items()}
+    if name in seqio.MixtureRegistry.names():
+        seqio.MixtureRegistry.remove(name)
+    seqio.MixtureRegistry.add(name, [(task, rates[task]) for task in tasks])
+    return name

@@ -1,0 +1,130 @@
+"""Vote and format stages on hand-made sample shards: pseudo labels, the four formats, SeqIO read-back."""
+
+import json
+
+import pytest
+
+from lsi.io_utils import write_json_atomic, write_jsonl_atomic
+from lsi.self_improve.formats import (
+    FormatStageConfig,
+    register_formatted_task,
+    register_mixture,
+    run_format_stage,
+)
+from lsi.self_improve.sampling import SampleStageConfig, shard_path
+from lsi.self_improve.voting import VoteStageConfig, read_pseudo_labels, run_vote_stage
+from lsi.tasks.answers import parse_answer
+from tests.helpers.toy import toy_task
+
+# Per question: sampled texts. p0 agrees 3/4 on 0; p1 has no parseable answer; p2 ties 1 vs 1 (first seen wins).
+TEXTS = {
+    "p0": [" 0 + 0 = 0. The answer is 0.", " Zero plus zero is 0. The answer is 0.", " The answer is 5.",
+           " 0 + 0 = 0. The answer is 0."],
+    "p1": [" I do not know.", " Hmm.", " ...", " No idea."],
+    "p2": [" 2 + 4 = 6. The answer is 6.", " 2 + 4 = 7. The answer is 7.", " Unclear.", " Not sure."],
+}
+
+
+def _write_samples(directory, texts=TEXTS):
+    config = SampleStageConfig(num_samples=4, num_shards=2)
+    ids = list(texts)
+    write_json_atomic(directory / "sampling_config.json",
+                      {**config.__dict__, "task": "toy_sums", "max_questions": len(ids)})
+    ranges = [(0, 2), (2, 3)]
+    for index, (begin, end) in enumerate(ranges):
+        records = [
+            {"question_id": qid, "prompt_format": "few_shot_cot", "exemplar_set": "gsm8k", "sample_index": j,
+             "text": text, "answer": parse_answer(text, "number"), "finish_reason": "stop", "num_tokens": 9,
+             "sum_log_prob": -3.0}
+            for qid in ids[begin:end] for j, text in enumerate(texts[qid])
+        ]
+        write_jsonl_atomic(shard_path(directory, index, 2), records)
+
+
+@pytest.fixture()
+def voted(tmp_path):
+    _write_samples(tmp_path / "samples")
+    manifest = run_vote_stage(toy_task(num_pool=3), tmp_path / "samples", tmp_path / "votes")
+    return tmp_path, manifest
+
+
+def test_vote_stage_keeps_agreeing_paths_and_counts(voted):
+    tmp_path, manifest = voted
+    labels = {r["question_id"]: r for r in read_pseudo_labels(tmp_path / "votes" / "pseudo_labels.jsonl")}
+    assert set(labels) == {"p0", "p2"}
+    assert labels["p0"]["answer"] == "0" and [p["sample_index"] for p in labels["p0"]["paths"]] == [0, 1, 3]
+    assert labels["p0"]["vote_share"] == 0.75 and labels["p0"]["vote_share_of_parsed"] == 0.75
+    assert labels["p2"]["answer"] == "6" and labels["p2"]["tie"]
+    assert labels["p0"]["question"] == "What is 0 + 0?"
+    counts = manifest["counts"]
+    assert counts["questions"] == 3 and counts["no_parseable_answer"] == 1 and counts["tie"] == 1
+    assert counts["kept_paths"] == 4 and counts["pseudo_labels"] == 2
+    assert counts["mean_vote_share"] == pytest.approx((0.75 + 0.25) / 2)
+
+
+def test_vote_options_threshold_dedupe_and_cap(tmp_path):
+    _write_samples(tmp_path / "samples")
+    task = toy_task(num_pool=3)
+    manifest = run_vote_stage(task, tmp_path / "samples", tmp_path / "v1", VoteStageConfig(min_vote_share=0.5))
+    assert manifest["counts"]["below_min_share"] == 1 and manifest["counts"]["pseudo_labels"] == 1
+    manifest = run_vote_stage(task, tmp_path / "samples", tmp_path / "v2", VoteStageConfig(dedupe_paths=True))
+    assert manifest["counts"]["deduped_paths"] == 1 and manifest["counts"]["kept_paths"] == 3
+    manifest = run_vote_stage(task, tmp_path / "samples", tmp_path / "v3", VoteStageConfig(max_paths_per_question=1))
+    assert manifest["counts"]["kept_paths"] == 2 and manifest["counts"]["capped_paths"] == 2
+    with pytest.raises(ValueError, match="min_vote_share"):
+        VoteStageConfig(min_vote_share=1.5)
+
+
+def test_samples_from_another_task_are_an_error(tmp_path):
+    _write_samples(tmp_path / "samples", {"zz": TEXTS["p0"], "p1": TEXTS["p1"], "p2": TEXTS["p2"]})
+    with pytest.raises(ValueError, match="question 'zz', which is not in the pool"):
+        run_vote_stage(toy_task(num_pool=3), tmp_path / "samples", tmp_path / "votes")
+
+
+def test_four_formats_match_table_2(voted):
+    tmp_path, _ = voted
+    manifest = run_format_stage(toy_task(num_pool=3), tmp_path / "votes" / "pseudo_labels.jsonl",
+                                tmp_path / "formats", FormatStageConfig(num_shards=3))
+    assert manifest["counts"]["examples"] == 4 * 4  # 4 kept paths x 4 formats
+    assert manifest["counts"]["examples_per_format"] == {"few_shot_cot": 4, "few_shot_direct": 4,
+                                                         "zero_shot_cot": 4, "zero_shot_direct": 4}
+    assert sum(o["examples"] for o in manifest["outputs"].values()) == 16
+
+
+def test_format_ablation_presets(voted):
+    tmp_path, _ = voted
+    task = toy_task(num_pool=3)
+    labels = tmp_path / "votes" / "pseudo_labels.jsonl"
+    assert run_format_stage(task, labels, tmp_path / "f1", FormatStageConfig("cot_free", 1))["counts"][
+        "examples_per_format"] == {"few_shot_direct": 4, "zero_shot_direct": 4}
+    assert run_format_stage(task, labels, tmp_path / "f2", FormatStageConfig("few_shot_cot_only", 1))["counts"][
+        "examples"] == 4
+    with pytest.raises(ValueError, match="Unknown format preset"):
+        FormatStageConfig("everything").resolved_formats()
+
+
+def test_tfrecords_read_back_through_seqio(voted):
+    import seqio
+
+    from lsi.vocab import load_vocabulary
+
+    tmp_path, _ = voted
+    task = toy_task(num_pool=3)
+    manifest = run_format_stage(task, tmp_path / "votes" / "pseudo_labels.jsonl", tmp_path / "formats",
+                                FormatStageConfig(num_shards=2))
+    vocab = load_vocabulary("smollm2-135m-instruct")
+    name = register_formatted_task("lsi_test_toy_formats", tmp_path / "formats", vocab)
+    dataset = seqio.get_mixture_or_task(name).get_dataset(sequence_length=None, split="train", shuffle=False)
+    rows = [(vocab.decode(list(ex["inputs"])), vocab.decode(list(ex["targets"]))) for ex in dataset.as_numpy_iterator()]
+    assert len(rows) == manifest["counts"]["examples"]
+    by_target = {}
+    for inputs, targets in rows:
+        by_target.setdefault(targets, []).append(inputs)
+    # Zero-shot direct: "Q: <question>\nA:" -> " The answer is 0." (targets decode stops at EOS).
+    assert "Q: What is 0 + 0?\nA:" in by_target[" The answer is 0."]
+    assert "Q: What is 0 + 0?\nA: Let's think step by step." in by_target[" 0 + 0 = 0. The answer is 0."]
+    few_shot = [i for i in by_target[" 0 + 0 = 0. The answer is 0."] if i.startswith("Q: A grove has 15 trees")]
+    assert few_shot and few_shot[0].endswith("\n\nQ: What is 0 + 0?\nA:")
+    mixture = register_mixture("lsi_test_toy_mixture", {name: tmp_path / "formats"})
+    assert seqio.get_mixture_or_task(mixture).get_rate(seqio.get_mixture_or_task(name)) == 16.0
+    assert json.loads((tmp_path / "formats" / "manifest.json").read_text())["config"]["num_shards"] == 2
