@@ -1,0 +1,216 @@
+"""Self-generated questions and self-generated CoT exemplars (PAPER.md section 4).
+
+Questions: prompt the model with k seed questions in random order ("Q: q1\\nQ: q2\\n...\\nQ:"), sample the next line
+as a new question, normalise, de-duplicate against the seeds and each other, and keep only questions whose
+self-consistency vote share reaches a threshold. The kept questions are written as a pool JSONL file
+({"id", "question"}) that the generic `jsonl` task reads, so they flow through the normal pipeline.
+
+Exemplars: greedy zero-shot "Let's think step by step." rationales on pool questions become exemplar files
+(`templates` files of `shots` exemplars each, as the paper's 20 x 4), which a task can rotate over.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pathlib
+import random
+import re
+import time
+from typing import Any, Sequence
+
+from lsi.batch_decoding import BatchSampler, SampleRequest
+from lsi.decoding import Greedy, LanguageModel, Temperature
+from lsi.io_utils import write_json_atomic, write_jsonl_atomic
+from lsi.self_improve.manifest import environment
+from lsi.self_improve.sampling import load_pool
+from lsi.self_improve.voting import vote_answers
+from lsi.tasks.answers import answer_sentence, parse_answer
+from lsi.tasks.base import Exemplar, ExemplarSet, Task
+from lsi.tasks.prompting import PromptFormat, build_prompt, stop_strings
+
+_ANSWER_SENTENCE = re.compile(r"(?:so\s+)?the\s+answer\s+is\b", re.IGNORECASE)
+
+
+@dataclasses.dataclass(frozen=True)
+class QuestionGenConfig:
+    num_seed_questions: int = 10  # the paper's GSM8K setting
+    questions_per_prompt: int = 10  # seeds shown per prompt, shuffled
+    num_prompts: int = 64
+    samples_per_prompt: int = 4
+    temperature: float = 1.0
+    top_k: int | None = 40
+    max_question_tokens: int = 96
+    min_question_chars: int = 15
+    # The self-consistency filter (not stated in the paper; these are our defaults).
+    filter_samples: int = 8
+    filter_temperature: float = 0.7
+    filter_max_new_tokens: int = 256
+    min_vote_share: float = 0.5
+    batch_size: int = 8
+    seed: int = 0
+
+
+def normalize_question(text: str) -> str:
+    """One line, collapsed whitespace, no leading 'Q:'."""
+    text = text.strip().split("\n", 1)[0]
+    text = re.sub(r"^\s*Q:\s*", "", text)
+    return re.sub(r"\s+", " ", text).strip()
+
+
+def _dedupe_key(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", " ", text.lower()).strip()
+
+
+def generation_prompts(seeds: Sequence[str], config: QuestionGenConfig) -> list[str]:
+    """`num_prompts` prompts of shuffled seed questions, each ending with 'Q:' for the model to continue."""
+    rng = random.Random(config.seed)
+    prompts = []
+    for _ in range(config.num_prompts):
+        shown = rng.sample(list(seeds), min(config.questions_per_prompt, len(seeds)))
+        prompts.append("".join(f"Q: {q}\n" for q in shown) + "Q:")
+    return prompts
+
+
+def generate_questions(task: Task, lm: LanguageModel, params: Any, vocab: Any, max_length: int,
+                       config: QuestionGenConfig, output_dir: str | os.PathLike, *, mesh: Any = None,
+                       progress: bool = True) -> dict[str, Any]:
+    """Writes generated_pool.jsonl (kept questions) and manifest.json (counts at each filter) under output_dir."""
+    start = time.perf_counter()
+    output_dir = pathlib.Path(output_dir)
+    pool = load_pool(task)
+    seeds = [q.question for q in random.Random(config.seed).sample(pool, min(config.num_seed_questions, len(pool)))]
+    generator = BatchSampler(lm, params, vocab, max_length, num_samples=config.samples_per_prompt,
+                             max_new_tokens=config.max_question_tokens,
+                             method=Temperature(config.temperature, config.top_k), stop_strings=("\n",),
+                             batch_size=config.batch_size, seed=config.seed, mesh=mesh, progress=progress)
+    requests = [SampleRequest(f"genprompt-{i}", p) for i, p in enumerate(generation_prompts(seeds, config))]
+    raw = [text for c in generator.run(requests, total=len(requests)) for text in c.texts]
+    seen = {_dedupe_key(s) for s in seeds}
+    candidates, counts = [], {"generated": len(raw), "too_short": 0, "duplicate": 0}
+    for text in raw:
+        question = normalize_question(text)
+        key = _dedupe_key(question)
+        if len(question) < config.min_question_chars:
+            counts["too_short"] += 1
+        elif key in seen:
+            counts["duplicate"] += 1
+        else:
+            seen.add(key)
+            candidates.append(question)
+    counts["candidates"] = len(candidates)
+    exemplars = task.exemplars_for(pool[0])
+    checker = BatchSampler(lm, params, vocab, max_length, num_samples=config.filter_samples,
+                           max_new_tokens=config.filter_max_new_tokens,
+                           method=Temperature(config.filter_temperature, config.top_k),
+                           stop_strings=stop_strings(exemplars), batch_size=config.batch_size,
+                           seed=config.seed + 1, mesh=mesh, progress=progress)
+    cot_requests = [SampleRequest(f"gen-{i:06d}", build_prompt(PromptFormat.FEW_SHOT_COT, q, exemplars))
+                    for i, q in enumerate(candidates)]
+    kept = []
+    for completion in checker.run(cot_requests, total=len(cot_requests)):
+        vote = vote_answers([parse_answer(t, task.answer_type) for t in completion.texts], task.answer_type)
+        if vote.answer is not None and vote.share_of_all >= config.min_vote_share:
+            index = int(completion.example_id.split("-")[1])
+            kept.append({"id": completion.example_id, "question": candidates[index],
+                         "vote_share": vote.share_of_all})
+    kept.sort(key=lambda r: r["id"])
+    counts["kept"] = len(kept)
+    path = write_jsonl_atomic(output_dir / "generated_pool.jsonl",
+                              [{"id": r["id"], "question": r["question"]} for r in kept])
+    manifest = {"stage": "generate_questions", "config": dataclasses.asdict(config), "task": task.name,
+                "seed_questions": seeds, "counts": counts, "outputs": {path.name: len(kept)},
+                "last_run": {"seconds": time.perf_counter() - start, "environment": environment()}}
+    write_json_atomic(output_dir / "manifest.json", manifest)
+    return manifest
+
+
+@dataclasses.dataclass(frozen=True)
+class PromptGenConfig:
+    """The paper's zero-shot setting: 20 generated templates of 4 exemplars each, from greedy Step-by-Step."""
+
+    templates: int = 20
+    shots: int = 4
+    max_new_tokens: int = 256
+    batch_size: int = 8
+    seed: int = 0
+
+
+def split_rationale(text: str) -> str:
+    """The reasoning before the first answer sentence (the exemplar writes its own 'The answer is X.')."""
+    match = _ANSWER_SENTENCE.search(text)
+    body = text[: match.start()] if match else text
+    return re.sub(r"\s+", " ", body).strip()
+
+
+def generate_exemplars(task: Task, lm: LanguageModel, params: Any, vocab: Any, max_length: int,
+                       config: PromptGenConfig, output_dir: str | os.PathLike, *, mesh: Any = None,
+                       progress: bool = True) -> list[pathlib.Path]:
+    """Writes `templates` exemplar files (generated_00.json, ...) from greedy zero-shot CoT on pool questions.
+
+    Questions whose rationale yields no parseable answer or no reasoning are skipped; the manifest counts them.
+    """
+    output_dir = pathlib.Path(output_dir)
+    needed = config.templates * config.shots
+    pool = load_pool(task)
+    order = list(range(len(pool)))
+    random.Random(config.seed).shuffle(order)
+    sampler = BatchSampler(lm, params, vocab, max_length, num_samples=1, max_new_tokens=config.max_new_tokens,
+                           method=Greedy(), stop_strings=("\n\nQ:", "\nQ:"), batch_size=config.batch_size,
+                           mesh=mesh, progress=progress)
+    exemplars: list[Exemplar] = []
+    skipped = 0
+    # Ask for a margin of extra questions, since some rationales have no usable answer.
+    candidates = [pool[i] for i in order[: min(len(pool), 2 * needed)]]
+    requests = [SampleRequest(q.id, build_prompt(PromptFormat.ZERO_SHOT_COT, q.question)) for q in candidates]
+    by_id = {q.id: q for q in candidates}
+    for completion in sampler.run(requests, total=len(requests)):
+        text = completion.texts[0]
+        answer = parse_answer(text, task.answer_type)
+        rationale = split_rationale(text)
+        if answer is None or not rationale:
+            skipped += 1
+            continue
+        shown = answer_sentence(answer, task.answer_type).removeprefix("The answer is ").rstrip(".")
+        exemplars.append(Exemplar(by_id[completion.example_id].question, rationale, shown))
+    exemplars.sort(key=lambda e: e.question)
+    random.Random(config.seed + 1).shuffle(exemplars)
+    if len(exemplars) < needed:
+        raise ValueError(f"Task {task.name}: only {len(exemplars)} usable zero-shot rationales for "
+                         f"{config.templates} x {config.shots} exemplars ({skipped} skipped); use fewer templates.")
+    paths = []
+    for t in range(config.templates):
+        chosen = exemplars[t * config.shots: (t + 1) * config.shots]
+        record = {"name": f"{task.name}_generated_{t:02d}",
+                  "description": "Self-generated by greedy zero-shot 'Let's think step by step.' (PAPER.md sec. 4).",
+                  "answer_type": task.answer_type,
+                  "exemplars": [dataclasses.asdict(e) for e in chosen]}
+        paths.append(write_json_atomic(output_dir / f"generated_{t:02d}.json", record))
+    write_json_atomic(output_dir / "manifest.json", {
+        "stage": "generate_exemplars", "config": dataclasses.asdict(config), "task": task.name,
+        "counts": {"questions_tried": len(requests), "skipped": skipped, "usable": len(exemplars),
+                   "templates": config.templates}, "environment": environment()})
+    return paths
+
+
+def rotating_task(task: Task, exemplar_files: Sequence[str | os.PathLike]) -> Task:
+    """The task prompted with generated exemplar sets, each question assigned one by a stable hash of its id, so
+    the sampler still shares one prompt cache across a question's samples."""
+    import hashlib  # noqa: PLC0415
+
+    sets = {f"generated_{i:02d}": ExemplarSet.from_file(p) for i, p in enumerate(exemplar_files)}
+    names = sorted(sets)
+
+    def choose(example: Any) -> str:
+        digest = hashlib.sha256(example.id.encode("utf-8")).digest()
+        return names[int.from_bytes(digest[:4], "little") % len(names)]
+
+    rotated = task.with_exemplars(sets)
+    rotated.choose_exemplars = choose
+    return rotated
+
+
+def read_generated_pool(path: str | os.PathLike) -> list[dict[str, Any]]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
