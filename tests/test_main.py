@@ -1,0 +1,70 @@
+"""lsi.main: gin files parse and bind; the stages run end to end through the entry point on a tiny model."""
+
+import json
+import pathlib
+
+import gin
+import jax
+import pytest
+
+from lsi.checkpoints import save_hf_directory
+from lsi.main import Experiment, parse_gin, run_stage
+from lsi.models import get_config, init_params
+from lsi.vocab import load_vocabulary
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+RUN_CONFIGS = sorted((REPO / "gin_configs" / "runs").glob("*.gin"))
+
+
+@pytest.fixture(autouse=True)
+def clear_gin():
+    gin.clear_config()
+    yield
+    gin.clear_config()
+
+
+@pytest.mark.parametrize("path", RUN_CONFIGS, ids=[p.stem for p in RUN_CONFIGS])
+def test_every_run_config_parses_and_binds(path):
+    parse_gin([str(path)], ["lsi.Experiment.run_dir = '/tmp/unused'"])
+    experiment = Experiment()
+    assert experiment.run_dir == "/tmp/unused" and experiment.task and experiment.model
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    """A tiny random Llama saved as a HF directory with SmolLM2's tokenizer: a model name lsi.main can load."""
+    directory = tmp_path_factory.mktemp("tiny_model")
+    cfg = get_config("tiny", vocab_size=49152, max_length=512)
+    save_hf_directory(cfg, jax.device_get(init_params(cfg, jax.random.PRNGKey(0))), directory)
+    load_vocabulary("smollm2-135m-instruct").save(directory)
+    return directory
+
+
+def test_stages_run_in_order_through_the_entry_point(tiny_checkpoint, tmp_path):
+    parse_gin([], [
+        f"lsi.Experiment.run_dir = '{tmp_path}'",
+        f"lsi.Experiment.model = '{tiny_checkpoint}'",
+        "lsi.Experiment.task = 'arithmetic'",
+        "lsi.Experiment.task_kwargs = {'pool_size': 4, 'eval_size': 3}",
+        "lsi.Experiment.sample = @lsi.SampleStageConfig()",
+        "lsi.SampleStageConfig.num_samples = 3",
+        "lsi.SampleStageConfig.max_new_tokens = 6",
+        "lsi.SampleStageConfig.num_shards = 2",
+        "lsi.Experiment.eval = @lsi.EvalConfig()",
+        "lsi.EvalConfig.modes = ('cot_greedy', 'self_consistency')",
+        "lsi.EvalConfig.num_samples = 2",
+        "lsi.EvalConfig.max_new_tokens = 6",
+        "lsi.EvalConfig.subsample_sizes = (1, 2)",
+    ])
+    experiment = Experiment()
+    manifest = run_stage(experiment, "sample")
+    assert manifest["counts"]["samples_expected"] == 12
+    assert run_stage(experiment, "vote")["counts"]["questions"] == 4
+    run_stage(experiment, "format")
+    metrics = run_stage(experiment, "eval", eval_tag="before")
+    assert json.loads((tmp_path / "eval" / "before" / "metrics.json").read_text()) == json.loads(
+        json.dumps(metrics, default=str))
+    assert sorted(p.name for p in (tmp_path / "samples").glob("samples-*")) == [
+        "samples-00000-of-00002.jsonl", "samples-00001-of-00002.jsonl"]
+    with pytest.raises(ValueError, match="Unknown stage"):
+        run_stage(experiment, "fly")
