@@ -44,24 +44,26 @@ class DecodeCache:
     generated slots already written (the same for every row: rows that finished keep writing ignored tokens).
     """
 
-    prefix_k: Array  # [layers, batch, prefix_len, kv_heads, head_dim]
-    prefix_v: Array  # [layers, batch, prefix_len, kv_heads, head_dim]
+    # Heads come before length so that each decode step's attention is a plain batched matrix product over
+    # contiguous [length, head_dim] blocks: no per-step transpose of the caches (which dominated a step otherwise).
+    prefix_k: Array  # [layers, batch, kv_heads, prefix_len, head_dim]
+    prefix_v: Array  # [layers, batch, kv_heads, prefix_len, head_dim]
     prefix_mask: Array  # [batch, prefix_len] bool: True where the prefix slot holds a real token
-    k: Array  # [layers, batch, samples, max_new, kv_heads, head_dim]
-    v: Array  # [layers, batch, samples, max_new, kv_heads, head_dim]
+    k: Array  # [layers, batch, samples, kv_heads, max_new, head_dim]
+    v: Array  # [layers, batch, samples, kv_heads, max_new, head_dim]
     index: Array  # [] int32
 
     @property
     def max_new(self) -> int:
-        return self.k.shape[3]
+        return self.k.shape[4]
 
 
 CACHE_LOGICAL_AXES = DecodeCache(
-    prefix_k=("layers", "batch", "cache_length", "kv_heads", "kv"),
-    prefix_v=("layers", "batch", "cache_length", "kv_heads", "kv"),
+    prefix_k=("layers", "batch", "kv_heads", "cache_length", "kv"),
+    prefix_v=("layers", "batch", "kv_heads", "cache_length", "kv"),
     prefix_mask=("batch", "cache_length"),
-    k=("layers", "batch", "samples", "cache_length", "kv_heads", "kv"),
-    v=("layers", "batch", "samples", "cache_length", "kv_heads", "kv"),
+    k=("layers", "batch", "samples", "kv_heads", "cache_length", "kv"),
+    v=("layers", "batch", "samples", "kv_heads", "cache_length", "kv"),
     index=(),
 )
 
@@ -69,12 +71,16 @@ CACHE_LOGICAL_AXES = DecodeCache(
 def init_decode_cache(
     prefix_k: Array, prefix_v: Array, prefix_mask: Array, num_samples: int, max_new: int
 ) -> DecodeCache:
-    """An empty generation cache behind a prefilled prefix (`prefix_k/v` as returned by `__call__(return_kv=True)`)."""
+    """An empty generation cache behind a prefilled prefix.
+
+    prefix_k/v: [layers, batch, prefix_len, kv_heads, head_dim] as returned by `__call__(return_kv=True)`; they are
+    stored heads-first once here, so no decode step has to transpose them.
+    """
     layers, batch, _, kv_heads, head_dim = prefix_k.shape
-    shape = (layers, batch, num_samples, max_new, kv_heads, head_dim)
+    shape = (layers, batch, num_samples, kv_heads, max_new, head_dim)
     return DecodeCache(
-        prefix_k=prefix_k,
-        prefix_v=prefix_v,
+        prefix_k=jnp.swapaxes(prefix_k, 2, 3),
+        prefix_v=jnp.swapaxes(prefix_v, 2, 3),
         prefix_mask=prefix_mask.astype(bool),
         k=jnp.zeros(shape, prefix_k.dtype),
         v=jnp.zeros(shape, prefix_v.dtype),
@@ -209,7 +215,7 @@ class Attention(nn.Module):
         """One new token per sample attending to the shared prefix, earlier generated tokens, and itself.
 
         x: [batch, samples, embed]; positions: [batch, samples];
-        layer_cache: prefix_k/v [batch, prefix_len, kv_heads, hd], k/v [batch, samples, max_new, kv_heads, hd];
+        layer_cache: prefix_k/v [batch, kv_heads, prefix_len, hd], k/v [batch, samples, kv_heads, max_new, hd];
         prefix_mask: [batch, prefix_len]; index: [] slots of k/v already written.
         Returns the output [batch, samples, embed] and the new token's (k, v), each [batch, samples, kv_heads, hd].
         """
@@ -218,19 +224,19 @@ class Attention(nn.Module):
         q, k_new, v_new = q[:, :, 0], k_new[:, :, 0], v_new[:, :, 0]  # [batch, samples, heads or kv_heads, hd]
         q = self._grouped(q)  # [batch, samples, kv_heads, group, hd]
         f32 = jnp.float32
-        prefix_logits = jnp.einsum("bmkgd,bpkd->bmkgp", q, prefix_k, preferred_element_type=f32)
+        prefix_logits = jnp.einsum("bmkgd,bkpd->bmkgp", q, prefix_k, preferred_element_type=f32)
         prefix_logits = jnp.where(prefix_mask[:, None, None, None, :], prefix_logits, _MASK_VALUE)
-        cache_logits = jnp.einsum("bmkgd,bmskd->bmkgs", q, cache_k, preferred_element_type=f32)
-        written = jnp.arange(cache_k.shape[2]) < index  # [max_new]
+        cache_logits = jnp.einsum("bmkgd,bmksd->bmkgs", q, cache_k, preferred_element_type=f32)
+        written = jnp.arange(cache_k.shape[3]) < index  # [max_new]
         cache_logits = jnp.where(written, cache_logits, _MASK_VALUE)
         self_logits = jnp.einsum("bmkgd,bmkd->bmkg", q, k_new, preferred_element_type=f32)[..., None]
         logits = jnp.concatenate([prefix_logits, cache_logits, self_logits], axis=-1)
         weights = jax.nn.softmax(logits, axis=-1).astype(self.config.dtype)
-        num_prefix, num_cache = prefix_k.shape[1], cache_k.shape[2]
+        num_prefix, num_cache = prefix_k.shape[2], cache_k.shape[3]
         w_prefix, w_cache, w_self = jnp.split(weights, [num_prefix, num_prefix + num_cache], axis=-1)
         attended = (
-            jnp.einsum("bmkgp,bpkd->bmkgd", w_prefix, prefix_v)
-            + jnp.einsum("bmkgs,bmskd->bmkgd", w_cache, cache_v)
+            jnp.einsum("bmkgp,bkpd->bmkgd", w_prefix, prefix_v)
+            + jnp.einsum("bmkgs,bmksd->bmkgd", w_cache, cache_v)
             + w_self * v_new[:, :, :, None, :]
         )
         return self._output(attended), (k_new, v_new)
@@ -369,10 +375,10 @@ class Transformer(nn.Module):
         layer_caches = (cache.prefix_k, cache.prefix_v, cache.k, cache.v)
         x, (k_new, v_new) = self.layers(x, (positions, cache.prefix_mask, cache.index), layer_caches)
         # k_new, v_new: [layers, batch, samples, kv_heads, hd] -> written in place at slot `index`.
-        start = (0, 0, 0, cache.index, 0, 0)
+        start = (0, 0, 0, 0, cache.index, 0)
         cache = cache.replace(
-            k=jax.lax.dynamic_update_slice(cache.k, k_new[:, :, :, None].astype(cache.k.dtype), start),
-            v=jax.lax.dynamic_update_slice(cache.v, v_new[:, :, :, None].astype(cache.v.dtype), start),
+            k=jax.lax.dynamic_update_slice(cache.k, k_new[:, :, :, :, None].astype(cache.k.dtype), start),
+            v=jax.lax.dynamic_update_slice(cache.v, v_new[:, :, :, :, None].astype(cache.v.dtype), start),
             index=cache.index + 1,
         )
         return constrain(self._logits(x), ("batch", "samples", "vocab")), cache

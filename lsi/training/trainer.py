@@ -1,0 +1,397 @@
+"""The fine-tuning loop, in t5x's shape: a train state, a partitioned jitted train step with gradient accumulation,
+metrics through clu writers, and orbax checkpoints that also hold the data position (exact resume).
+
+    state, summary = train(TrainConfig(steps=100, ...), model_cfg, "smollm2-135m-instruct", batches, "runs/ft")
+
+Loss: token-level cross entropy over target tokens, sum / number of target tokens in the whole batch (with
+`num_microbatches` > 1 the per-microbatch gradient sums are added and divided by the batch's total, so accumulation
+equals one big batch).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import logging
+import math
+import os
+import pathlib
+import time
+from typing import Any, Iterator
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from lsi.models import Transformer, TransformerConfig, abstract_params, param_logical_axes
+from lsi.partitioning import MeshConfig, activation_sharding, constrain, logical_sharding, make_mesh, tree_shardings
+from lsi.training.checkpointing import Checkpointer
+from lsi.training.data import PackingStats
+from lsi.training.optimizers import OptimizerConfig, learning_rate_schedule, make_optimizer, optimizer_state_axes
+
+log = logging.getLogger(__name__)
+
+BATCH_AXES = ("batch", "length")
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss or gradient norm became NaN/inf; training stopped without checkpointing the bad state."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 10_000
+    batch_size: int = 32
+    seq_length: int = 1024
+    num_microbatches: int = 1
+    mesh: tuple[int, int, int] = (-1, 1, 1)  # (data, fsdp, tensor); -1 takes the remaining devices
+    checkpoint_every: int = 1000
+    keep_checkpoints: int | None = 3
+    log_every: int = 50
+    seed: int = 0
+    optimizer: OptimizerConfig = OptimizerConfig()
+    dtype: Any = None  # compute dtype; None keeps the model config's
+    peak_flops_per_s: float | None = None  # all devices together; enables the MFU metric
+    progress_bar: bool = True
+
+    def __post_init__(self) -> None:
+        if self.batch_size % self.num_microbatches:
+            raise ValueError(f"batch_size={self.batch_size} is not a multiple of "
+                             f"num_microbatches={self.num_microbatches}.")
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array  # int32 []
+    params: Any  # float32 master weights
+    opt_state: Any
+    rng: jax.Array  # uint32 [2]
+
+
+# --- loss -------------------------------------------------------------------------------------------------------
+
+def target_token_stats(logits: jax.Array, batch: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(sum of cross entropy, number correct, number of target tokens) over the batch's predicted target tokens.
+
+    logits [batch, length, vocab] at position t predict tokens[t + 1]; a token is scored when it is a target token
+    and its predecessor is in the same segment (so no prediction crosses examples in a packed row).
+    """
+    targets = batch["tokens"][:, 1:]  # [batch, length - 1]
+    seg = batch["segment_ids"]
+    weights = (batch["loss_mask"][:, 1:] != 0) & (seg[:, 1:] == seg[:, :-1]) & (seg[:, 1:] != 0)
+    weights = weights.astype(jnp.float32)
+    logits = logits[:, :-1].astype(jnp.float32)
+    log_z = jax.nn.logsumexp(logits, axis=-1)
+    target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+    loss_sum = jnp.sum((log_z - target_logit) * weights)
+    correct = jnp.sum((jnp.argmax(logits, axis=-1) == targets) * weights)
+    return loss_sum, correct, jnp.sum(weights)
+
+
+def per_example_losses(model_cfg: TransformerConfig, params: Any, batch: dict[str, np.ndarray]) -> np.ndarray:
+    """Mean target-token cross entropy of every segment: [rows, max segments] (NaN where a row has no such segment).
+    For tests and inspection, not speed."""
+    logits = Transformer(model_cfg).apply({"params": params}, batch["tokens"], batch["positions"],
+                                          batch["segment_ids"])
+    num_seg = int(np.max(batch["segment_ids"]))
+    out = np.full((batch["tokens"].shape[0], num_seg), np.nan)
+    for s in range(1, num_seg + 1):
+        sub = dict(batch, loss_mask=np.where(batch["segment_ids"] == s, batch["loss_mask"], 0))
+        for r in range(batch["tokens"].shape[0]):
+            row = {k: v[r:r + 1] for k, v in sub.items()}
+            loss_sum, _, n = target_token_stats(logits[r:r + 1], row)
+            if n > 0:
+                out[r, s - 1] = float(loss_sum / n)
+    return out
+
+
+# --- partitioned state and step ---------------------------------------------------------------------------------
+
+def _model_config(config: TrainConfig, model_cfg: TransformerConfig) -> TransformerConfig:
+    return model_cfg.replace(param_dtype=jnp.float32, **({"dtype": config.dtype} if config.dtype is not None else {}))
+
+
+def state_axes_and_abstract(model_cfg: TransformerConfig, optimizer: optax.GradientTransformation
+                            ) -> tuple[TrainState, TrainState]:
+    """(logical axes, ShapeDtypeStructs) of the train state, computed without allocating."""
+    params = abstract_params(model_cfg)
+    params_axes = param_logical_axes(model_cfg)
+    opt_state = jax.eval_shape(optimizer.init, params)
+    axes = TrainState(step=(), params=params_axes, opt_state=optimizer_state_axes(opt_state, params, params_axes),
+                      rng=(None,))
+    abstract = TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=params, opt_state=opt_state,
+                          rng=jax.ShapeDtypeStruct((2,), jnp.uint32))
+    return axes, abstract
+
+
+@functools.lru_cache(maxsize=16)
+def _compiled_step(model_cfg: TransformerConfig, opt_cfg: OptimizerConfig, num_microbatches: int,
+                   mesh: jax.sharding.Mesh, batch_shape: tuple[int, int]) -> tuple[Any, TrainState, TrainState]:
+    """(jitted step, state shardings, abstract state); cached so repeated `train` calls reuse one compile."""
+    optimizer = make_optimizer(opt_cfg)
+    schedule = learning_rate_schedule(opt_cfg)
+    axes, abstract = state_axes_and_abstract(model_cfg, optimizer)
+    state_shardings = tree_shardings(abstract, axes, mesh)
+    batch_sharding = logical_sharding(BATCH_AXES, batch_shape, mesh)
+    model = Transformer(model_cfg)
+
+    def loss_fn(params: Any, batch: dict[str, jax.Array]) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+        batch = {k: constrain(v, BATCH_AXES) for k, v in batch.items()}
+        logits = model.apply({"params": params}, batch["tokens"], batch["positions"], batch["segment_ids"])
+        loss_sum, correct, count = target_token_stats(logits, batch)
+        return loss_sum, (correct, count)
+
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+    def step(state: TrainState, batch: dict[str, jax.Array]) -> tuple[TrainState, dict[str, jax.Array]]:
+        with activation_sharding(mesh):
+            if num_microbatches == 1:
+                (loss_sum, (correct, count)), grads = grad_fn(state.params, batch)
+            else:
+                # Row i goes to microbatch i % M: every device's rows feed every microbatch (no resharding).
+                micro = jax.tree.map(
+                    lambda x: x.reshape((x.shape[0] // num_microbatches, num_microbatches) + x.shape[1:])
+                    .swapaxes(0, 1), batch)  # [M, batch / M, length]
+
+                def accumulate(carry: Any, mb: dict[str, jax.Array]) -> tuple[Any, None]:
+                    (ls, (c, n)), g = grad_fn(state.params, mb)
+                    return jax.tree.map(jnp.add, carry, (g, ls, c, n)), None
+
+                zeros = (jax.tree.map(jnp.zeros_like, state.params), jnp.float32(0), jnp.float32(0),
+                         jnp.float32(0))
+                (grads, loss_sum, correct, count), _ = jax.lax.scan(accumulate, zeros, micro)
+        denom = jnp.maximum(count, 1.0)
+        grads = jax.tree.map(lambda g: g / denom, grads)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = {
+            "loss": loss_sum / denom,
+            "accuracy": correct / denom,
+            "target_tokens": count,
+            "grad_norm": optax.tree.norm(grads),
+            "learning_rate": jnp.asarray(schedule(state.step), jnp.float32),
+        }
+        new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state,
+                               rng=jax.random.split(state.rng)[0])
+        return new_state, metrics
+
+    batch_shardings = {k: batch_sharding for k in ("tokens", "positions", "segment_ids", "loss_mask")}
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    jitted = jax.jit(step, in_shardings=(state_shardings, batch_shardings), out_shardings=(state_shardings, replicated),
+                     donate_argnums=(0,))
+    return jitted, state_shardings, abstract
+
+
+def initial_state(params: Any, opt_cfg: OptimizerConfig, shardings: TrainState, seed: int) -> TrainState:
+    params = jax.tree.map(lambda x, s: jax.device_put(jnp.asarray(x, jnp.float32), s), params, shardings.params)
+    opt_state = jax.jit(make_optimizer(opt_cfg).init, out_shardings=shardings.opt_state)(params)
+    return TrainState(step=jax.device_put(jnp.int32(0), shardings.step), params=params, opt_state=opt_state,
+                      rng=jax.device_put(jax.random.PRNGKey(seed), shardings.rng))
+
+
+# --- metrics ----------------------------------------------------------------------------------------------------
+
+class _MetricsLog:
+    """metrics.jsonl in the output directory (always) + clu's default writer (TensorBoard where available)."""
+
+    def __init__(self, output_dir: pathlib.Path, start_step: int):
+        self.path = output_dir / "metrics.jsonl"
+        if self.path.exists():  # a resumed run rewrites what came after its checkpoint, as an uninterrupted run would
+            kept = [line for line in self.path.read_text().splitlines()
+                    if line.strip() and json.loads(line)["step"] <= start_step]
+            tmp = self.path.with_name(self.path.name + ".tmp")
+            tmp.write_text("".join(line + "\n" for line in kept))
+            os.replace(tmp, self.path)
+        try:
+            from clu import metric_writers  # noqa: PLC0415
+
+            self.writer = metric_writers.create_default_writer(str(output_dir / "tensorboard"), asynchronous=False)
+        except Exception as err:  # noqa: BLE001 - TensorBoard support is optional
+            log.warning("No clu metric writer (%s); writing metrics.jsonl only.", err)
+            self.writer = None
+
+    def write(self, step: int, scalars: dict[str, float]) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"step": step, **scalars}) + "\n")
+        if self.writer is not None:
+            self.writer.write_scalars(step, scalars)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.flush()
+            self.writer.close()
+
+
+# --- the loop ---------------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class TrainSummary:
+    start_step: int
+    end_step: int
+    restored_from: int | None
+    history: list[dict[str, float]]
+
+
+def _host_params(init_params_or_checkpoint: Any, model_cfg: TransformerConfig) -> Any:
+    if isinstance(init_params_or_checkpoint, (str, os.PathLike)):
+        from lsi.checkpoints import load_checkpoint  # noqa: PLC0415
+
+        cfg, params = load_checkpoint(init_params_or_checkpoint)
+        if (cfg.num_layers, cfg.embed_dim, cfg.vocab_size) != (model_cfg.num_layers, model_cfg.embed_dim,
+                                                               model_cfg.vocab_size):
+            raise ValueError(f"Checkpoint {init_params_or_checkpoint} does not match the model config.")
+        return params
+    return init_params_or_checkpoint
+
+
+def _device_batch(host_batch: dict[str, np.ndarray], batch_shape: tuple[int, int],
+                  sharding: jax.sharding.NamedSharding) -> dict[str, jax.Array]:
+    out = {}
+    for k in ("tokens", "positions", "segment_ids", "loss_mask"):
+        x = np.asarray(host_batch[k], np.int32)
+        if jax.process_count() > 1:  # each host feeds its own rows of the global batch
+            out[k] = jax.make_array_from_process_local_data(sharding, x, batch_shape)
+            continue
+        if x.shape != batch_shape:
+            raise ValueError(f"Batch feature {k!r} has shape {x.shape}; the train config expects {batch_shape} "
+                             f"(batch_size, seq_length).")
+        out[k] = jax.device_put(x, sharding)
+    return out
+
+
+def train(config: TrainConfig, model_cfg: TransformerConfig, init_params_or_checkpoint: Any,
+          data: Iterator[dict[str, np.ndarray]], output_dir: str | os.PathLike,
+          mesh: jax.sharding.Mesh | None = None) -> tuple[TrainState, TrainSummary]:
+    """Trains to `config.steps`, resuming from the newest restorable checkpoint in `output_dir/checkpoints`.
+
+    `init_params_or_checkpoint`: a parameter tree, or a checkpoint path/name for `lsi.checkpoints.load_checkpoint`
+    (only read when there is nothing to resume). `data` yields batches of `lsi.training.data` features; its
+    position is checkpointed when it has `get_state`/`set_state` (`PackedBatches` does).
+    """
+    output_dir = pathlib.Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    model_cfg = _model_config(config, model_cfg)
+    if mesh is None:
+        mesh = make_mesh(MeshConfig(*config.mesh))
+    batch_shape = (config.batch_size, config.seq_length)
+    step_fn, shardings, abstract = _compiled_step(model_cfg, config.optimizer, config.num_microbatches, mesh,
+                                                  batch_shape)
+    batch_sharding = logical_sharding(BATCH_AXES, batch_shape, mesh)
+    checkpointer = Checkpointer(output_dir / "checkpoints", keep=config.keep_checkpoints)
+    abstract_sharded = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract,
+                                    shardings)
+    if not hasattr(data, "get_state"):
+        log.warning("The data iterator has no get_state/set_state: a resumed run will not continue its stream.")
+    restored = checkpointer.restore_latest(abstract_sharded)
+    if restored is not None:
+        restored_from, state, data_state = restored
+        if hasattr(data, "set_state"):
+            data.set_state(data_state)
+        log.info("Resumed from step %d of %s.", restored_from, checkpointer.directory)
+    else:
+        restored_from = None
+        state = initial_state(_host_params(init_params_or_checkpoint, model_cfg), config.optimizer, shardings,
+                              config.seed)
+    start = int(state.step)
+    if isinstance(getattr(data, "stats", None), PackingStats):
+        log.info("Training data: %s", data.stats)
+        (output_dir / "data_stats.json").write_text(json.dumps(dataclasses.asdict(data.stats), indent=2) + "\n")
+    flops_per_slot = model_cfg.flops_per_token(config.seq_length)
+    metrics_log = _MetricsLog(output_dir, start)
+    history: list[dict[str, float]] = []
+    pending: list[tuple[int, dict[str, jax.Array], int]] = []
+    last_time, last_good = time.perf_counter(), restored_from
+
+    def flush() -> None:
+        nonlocal last_time
+        if not pending:
+            return
+        fetched = jax.device_get([m for _, m, _ in pending])
+        now = time.perf_counter()
+        elapsed = now - last_time
+        last_time = now
+        timed = [t for _, _, t in pending if t is not None]  # None: the step that included the compile
+        real_tokens = sum(timed)
+        for (step, _, _), values in zip(pending, fetched):
+            if not (math.isfinite(values["loss"]) and math.isfinite(values["grad_norm"])):
+                raise NonFiniteLossError(
+                    f"Non-finite loss ({values['loss']}) or grad norm ({values['grad_norm']}) at step {step}; "
+                    f"stopped. The last good checkpoint is step {last_good} in {checkpointer.directory}.")
+        step, values = pending[-1][0], {k: float(v) for k, v in fetched[-1].items()}
+        if timed:
+            slots_per_s = len(timed) * config.batch_size * config.seq_length / elapsed
+            values.update(tokens_per_s=real_tokens / elapsed, slots_per_s=slots_per_s,
+                          steps_per_s=len(timed) / elapsed)
+            if config.peak_flops_per_s:
+                values["mfu"] = flops_per_slot * slots_per_s / config.peak_flops_per_s
+        metrics_log.write(step, values)
+        history.append({"step": step, **values})
+        pending.clear()
+
+    from tqdm.auto import tqdm  # noqa: PLC0415
+
+    bar = tqdm(total=config.steps, initial=start, disable=not config.progress_bar, desc="train")
+    try:
+        for step in range(start, config.steps):
+            host_batch = next(data)
+            real = int(np.count_nonzero(host_batch["segment_ids"]))
+            batch = _device_batch(host_batch, batch_shape, batch_sharding)
+            state, metrics = step_fn(state, batch)
+            done = step + 1
+            if step == start:  # keep the compile out of the throughput figures
+                jax.block_until_ready(metrics)
+                now = time.perf_counter()
+                log.info("First step (with compile) took %.1f s.", now - last_time)
+                last_time = now
+                pending.append((done, metrics, None))
+            else:
+                pending.append((done, metrics, real))
+            save = done % config.checkpoint_every == 0 or done == config.steps
+            if save or done % config.log_every == 0:
+                flush()
+                if history:
+                    bar.set_postfix(loss=f"{history[-1]['loss']:.4f}")
+            if save:
+                data_state = data.get_state() if hasattr(data, "get_state") else {}
+                checkpointer.save(done, state, data_state)
+                last_good = done
+            bar.update(1)
+        flush()
+    finally:
+        bar.close()
+        metrics_log.close()
+        checkpointer.close()
+    return state, TrainSummary(start, int(state.step), restored_from, history)
+
+
+def export_hf(model_cfg: TransformerConfig, params: Any, directory: str | os.PathLike,
+              vocabulary: Any = None) -> pathlib.Path:
+    """Fine-tuned params (any placement) -> a HF directory (config.json, model.safetensors, tokenizer files)."""
+    from lsi.checkpoints import save_hf_directory  # noqa: PLC0415
+
+    directory = save_hf_directory(model_cfg.replace(dtype=jnp.float32), params, directory)
+    if vocabulary is not None:
+        vocabulary.save(directory)
+    return directory
+
+
+def finetune(config: TrainConfig, checkpoint: str | os.PathLike, task: str, output_dir: str | os.PathLike,
+             vocabulary: Any = None, export: bool = True) -> dict[str, Any]:
+    """The LMSI fine-tuning stage: a checkpoint and a SeqIO task/mixture of "inputs"/"targets" text -> a trained
+    run in `output_dir` (checkpoints, metrics.jsonl, data_stats.json) and, with `export`, a HF directory at
+    `output_dir/hf` (with the tokenizer when `vocabulary` is given). Rerunning the same call resumes."""
+    from lsi.checkpoints import load_checkpoint  # noqa: PLC0415
+    from lsi.training.data import PackedBatches  # noqa: PLC0415
+
+    model_cfg, params = load_checkpoint(checkpoint)
+    data = PackedBatches(task, batch_size=config.batch_size, seq_length=config.seq_length, seed=config.seed)
+    state, summary = train(config, model_cfg, params, data, output_dir)
+    result: dict[str, Any] = {"steps": summary.end_step, "resumed_from": summary.restored_from,
+                              "data": dataclasses.asdict(data.stats),
+                              "final_metrics": summary.history[-1] if summary.history else None}
+    if export:
+        result["hf_directory"] = str(export_hf(model_cfg, state.params, pathlib.Path(output_dir) / "hf", vocabulary))
+    return result
