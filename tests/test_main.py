@@ -55,12 +55,29 @@ def test_stages_run_in_order_through_the_entry_point(tiny_checkpoint, tmp_path):
         "lsi.EvalConfig.num_samples = 2",
         "lsi.EvalConfig.max_new_tokens = 6",
         "lsi.EvalConfig.subsample_sizes = (1, 2)",
+        "lsi.Experiment.train = @lsi.TrainConfig()",
+        "lsi.TrainConfig.steps = 2",
+        "lsi.TrainConfig.batch_size = 2",
+        "lsi.TrainConfig.seq_length = 512",
+        "lsi.TrainConfig.checkpoint_every = 1",
+        "lsi.TrainConfig.progress_bar = False",
     ])
     experiment = Experiment()
     manifest = run_stage(experiment, "sample")
     assert manifest["counts"]["samples_expected"] == 12
     assert run_stage(experiment, "vote")["counts"]["questions"] == 4
-    run_stage(experiment, "format")
+    # A random model answers nothing parseable, so no pseudo-labels exist: write two by hand to feed the next stages.
+    labels = [{"question_id": f"x{i}", "question": f"What is {i} + 1?", "answer": str(i + 1), "vote_count": 2,
+               "num_parsed": 2, "num_samples": 3, "vote_share": 2 / 3, "vote_share_of_parsed": 1.0, "tie": False,
+               "paths": [{"sample_index": 0, "text": f" {i} + 1 = {i + 1}. The answer is {i + 1}."}]}
+              for i in range(2)]
+    (tmp_path / "votes" / "pseudo_labels.jsonl").write_text("".join(json.dumps(r) + "\n" for r in labels))
+    formats = run_stage(experiment, "format")
+    trained = run_stage(experiment, "train")
+    assert trained["steps"] == 2 and (tmp_path / "train" / "hf" / "config.json").exists()
+    assert formats["counts"]["examples"] == 4 * formats["counts"]["kept_paths"]
+    after = run_stage(experiment, "eval", eval_tag="after", eval_model="trained")
+    assert after["modes"]["cot_greedy"]["accuracy"]["n"] == 3
     metrics = run_stage(experiment, "eval", eval_tag="before")
     assert json.loads((tmp_path / "eval" / "before" / "metrics.json").read_text()) == json.loads(
         json.dumps(metrics, default=str))
