@@ -1,10 +1,11 @@
 """Shared helpers for the side-by-side benchmarks: timing, peak memory, process isolation, machine info, JSON.
 
 Every benchmark measures each side (ours and a peer) the same way:
-- `time_call(fn, warmup, repeats)`: wall times of `fn()` after warmup calls; `fn` must block until its result is
-  ready (`jax.block_until_ready`, or a synchronous torch call).
-- `run_isolated(fn, ...)`: runs `fn` in a fresh spawned interpreter, so that each side's peak memory is its own and
-  one side's thread pools and allocator state cannot slow the other.
+- `SideProcess(factory, ...)`: one side in a fresh spawned interpreter, so that its peak memory is its own and one
+  side's thread pools and allocator state cannot slow the other; `run_isolated(fn, ...)` for a single call.
+- `time_interleaved({side: call})`: wall times of each side's blocking calls after warmup, in alternating rounds so
+  that a shared machine's changing load hits all sides alike; `time_call(fn)` for one side. Both record how busy
+  the machine was with other processes, so that a contaminated figure shows as one.
 - `PeakRSS`: the peak resident set of this process over a `with` block (Linux resets the high-water mark through
   /proc/self/clear_refs; elsewhere a sampling thread stands in); `peak_rss_bytes()` stays the lifetime peak.
 - `environment_info(packages)` and `write_json(path, record)` make the result file self-describing and atomic.
@@ -12,9 +13,10 @@ Every benchmark measures each side (ours and a peer) the same way:
 
 from __future__ import annotations
 
-import concurrent.futures
+import contextlib
 import dataclasses
 import datetime
+import functools
 import importlib.metadata
 import json
 import multiprocessing
@@ -26,47 +28,119 @@ import statistics
 import sys
 import threading
 import time
-from typing import Any, Callable
+import traceback
+from collections.abc import Callable, Iterator
+from typing import Any, Self
 
 MIB = 1024 * 1024
 
 
-def time_call(fn: Callable[[], Any], warmup: int = 1, repeats: int = 3) -> dict[str, Any]:
-    """Wall-clock seconds of `repeats` calls of `fn` after `warmup` untimed calls; median, min, max and all times.
+def timed_call(fn: Callable[[], Any]) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process's threads) of one call of `fn`, which must block until done."""
+    cpu_start = time.process_time()
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start, time.process_time() - cpu_start
 
-    Also the CPU seconds this process used per call (all its threads): `cpu_utilization` near the number of cores
-    means the call had the machine; well below it, other processes took cores or the work did not parallelise.
+
+def time_call(fn: Callable[[], Any], warmup: int = 1, repeats: int = 3) -> dict[str, Any]:
+    """Wall-clock seconds of `repeats` calls of `fn` after `warmup` untimed calls (see `summarize_times`).
+
+    `fn` must block until its result is ready (`jax.block_until_ready`, or a synchronous torch call).
+    """
+    return time_interleaved({"fn": lambda: timed_call(fn)}, warmup=warmup, repeats=repeats)["fn"]
+
+
+def time_interleaved(calls: dict[str, Callable[[], tuple[float, float]]], warmup: int = 1, repeats: int = 3
+                     ) -> dict[str, dict[str, Any]]:
+    """Times several sides in alternating rounds (A B, B A, A B, ...) after `warmup` untimed calls of each.
+
+    Each callable runs one blocking call and returns its (wall_s, cpu_s), measured where it ran (`timed_call`, in
+    this process or in a `SideProcess`). Alternating means that a change in machine load during the run, common on a
+    shared machine, hits every side alike instead of only the one that ran last.
     """
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}.")
-    for _ in range(warmup):
-        fn()
-    times, cpu_times = [], []
-    load_before = _load_average()
-    for _ in range(repeats):
-        cpu_start = time.process_time()
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-        cpu_times.append(time.process_time() - cpu_start)
+    names = list(calls)
+    for name in names:
+        for _ in range(warmup):
+            calls[name]()
+    walls: dict[str, list[float]] = {name: [] for name in names}
+    cpus: dict[str, list[float]] = {name: [] for name in names}
+    busy: dict[str, list[float | None]] = {name: [] for name in names}
+    for round_index in range(repeats):
+        for name in names if round_index % 2 == 0 else names[::-1]:
+            busy_start = machine_busy_seconds()
+            wall, cpu = calls[name]()
+            busy_end = machine_busy_seconds()
+            walls[name].append(wall)
+            cpus[name].append(cpu)
+            busy[name].append(None if busy_start is None or busy_end is None else busy_end - busy_start)
+    return {name: summarize_times(walls[name], cpus[name], busy[name], warmup) for name in names}
+
+
+def summarize_times(times: list[float], cpu_times: list[float], machine_busy: list[float | None], warmup: int
+                    ) -> dict[str, Any]:
+    """Median, min, max and all wall times, and how clean the measurement was.
+
+    `cpu_utilization` is the measured process's CPU seconds (all threads) per wall second; `other_processes_cores`
+    the average number of cores other processes kept busy meanwhile (machine-wide busy CPU seconds during each call,
+    from /proc/stat, less the call's own; near 0 on a quiet machine; None where the calls were too short for the
+    kernel's 10 ms accounting). On a shared machine, trust a comparison only where it is near 0.
+    """
+    def other_cores(busy: list[float | None], cpu: list[float], wall: list[float]) -> float | None:
+        if any(b is None for b in busy) or sum(wall) < _MIN_ACCOUNTED_S:
+            return None
+        return min(max(0.0, (sum(busy) - sum(cpu)) / sum(wall)), float(os.cpu_count() or 1))
+
     return {
         "warmup": warmup,
-        "repeats": repeats,
+        "repeats": len(times),
         "median_s": statistics.median(times),
         "min_s": min(times),
         "max_s": max(times),
         "times_s": times,
         "cpu_s": cpu_times,
         "cpu_utilization": sum(cpu_times) / sum(times),
-        "load_average_1min": {"before": load_before, "after": _load_average()},
+        "other_processes_cores": other_cores(machine_busy, cpu_times, times),
+        "other_processes_cores_per_call": [other_cores([b], [c], [w]) for b, c, w in zip(machine_busy, cpu_times, times)],
     }
 
 
-def _load_average() -> float | None:
+_MIN_ACCOUNTED_S = 1.0  # /proc/stat counts in clock ticks (10 ms) per core: shorter spans give no usable share
+
+
+def machine_busy_seconds() -> float | None:
+    """CPU seconds all processes on the machine have spent busy since boot (Linux /proc/stat), or None."""
     try:
-        return os.getloadavg()[0]
-    except (OSError, AttributeError):
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
         return None
+    # user nice system idle iowait irq softirq steal [guest guest_nice: already counted in user and nice]
+    busy = sum(fields[:3]) + sum(fields[5:8])
+    return busy / os.sysconf("SC_CLK_TCK")
+
+
+def machine_busy_cores(interval_s: float = 1.0) -> float | None:
+    """Average number of busy cores over the next `interval_s` seconds (this process is idle meanwhile)."""
+    start = machine_busy_seconds()
+    time.sleep(interval_s)
+    end = machine_busy_seconds()
+    return None if start is None or end is None else (end - start) / interval_s
+
+
+def wait_until_quiet(max_busy_cores: float = 0.2, timeout_s: float = 0.0, interval_s: float = 2.0) -> dict[str, Any]:
+    """Waits (up to `timeout_s`) until other processes keep fewer than `max_busy_cores` cores busy.
+
+    Returns what was seen: seconds waited and the last busy-core reading (timeout_s=0 just takes one reading).
+    """
+    start = time.perf_counter()
+    busy = machine_busy_cores(interval_s)
+    while busy is not None and busy >= max_busy_cores and time.perf_counter() - start < timeout_s:
+        busy = machine_busy_cores(interval_s)
+    return {"waited_s": time.perf_counter() - start, "busy_cores": busy, "threshold": max_busy_cores,
+            "quiet": busy is not None and busy < max_busy_cores}
 
 
 def throughput(items: float, timing: dict[str, Any]) -> dict[str, float]:
@@ -146,7 +220,7 @@ class PeakRSS:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def __enter__(self) -> "PeakRSS":
+    def __enter__(self) -> Self:
         self.start_bytes = current_rss_bytes()
         if _reset_peak_rss():
             self.method = "VmHWM"
@@ -161,7 +235,7 @@ class PeakRSS:
         while not self._stop.wait(self.interval_s):
             self.peak_bytes = max(self.peak_bytes, current_rss_bytes())
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         if self._thread is not None:
             self._stop.set()
             self._thread.join()
@@ -178,41 +252,100 @@ class PeakRSS:
 
 # --- process isolation --------------------------------------------------------------------------------------------
 
-@dataclasses.dataclass
-class IsolatedResult:
-    value: Any
-    process_peak_rss_bytes: int  # the child's peak RSS over its whole life (imports, loading and work)
-    wall_s: float  # including interpreter start and imports
-
-
-def _call_and_measure(fn: Callable[..., Any], args: tuple, kwargs: dict) -> tuple[Any, int]:
-    value = fn(*args, **kwargs)
-    return value, peak_rss_bytes()
-
-
-def run_isolated(fn: Callable[..., Any], *args: Any, env: dict[str, str] | None = None, **kwargs: Any
-                 ) -> IsolatedResult:
-    """`fn(*args, **kwargs)` in a fresh spawned Python process; its return value must pickle.
-
-    `fn` must be importable by module path (a top-level function; a script needs an `if __name__ == "__main__"`
-    guard). `env` entries are set in this process's environment while the child starts (the child inherits them),
-    then restored: use it for variables read at import time, such as XLA_FLAGS or OMP_NUM_THREADS.
-    Exceptions in the child are re-raised here with the child's traceback attached.
-    """
+@contextlib.contextmanager
+def _environment(env: dict[str, str] | None) -> Iterator[None]:
+    """Sets `env` in os.environ for the block (a spawned child inherits it at start), then restores it."""
     saved = {k: os.environ.get(k) for k in (env or {})}
-    start = time.perf_counter()
     try:
         os.environ.update(env or {})
-        context = multiprocessing.get_context("spawn")
-        with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
-            value, peak = pool.submit(_call_and_measure, fn, args, kwargs).result()
+        yield
     finally:
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-    return IsolatedResult(value=value, process_peak_rss_bytes=peak, wall_s=time.perf_counter() - start)
+
+
+def _side_main(conn: Any, factory: Callable[..., Any], args: tuple, kwargs: dict) -> None:
+    try:
+        side = factory(*args, **kwargs)
+    except BaseException:  # noqa: BLE001  (reported to the parent, which raises)
+        conn.send(("error", traceback.format_exc()))
+        return
+    conn.send(("ok", None))
+    while True:
+        message = conn.recv()
+        if message is None:
+            conn.send(("ok", peak_rss_bytes()))
+            return
+        method, method_args, method_kwargs = message
+        try:
+            conn.send(("ok", getattr(side, method)(*method_args, **method_kwargs)))
+        except BaseException:  # noqa: BLE001
+            conn.send(("error", traceback.format_exc()))
+
+
+class SideProcess:
+    """One benchmark side in its own spawned Python process, so that its peak memory, imports, thread pools and
+    allocator are its own.
+
+    `SideProcess(factory, *args)` builds `factory(*args)` there (a top-level class or function: spawn imports it by
+    module path, so a script needs an `if __name__ == "__main__"` guard); `call("method", ...)` runs one of that
+    object's methods there and returns its (picklable) result; `close()` ends the process and returns its lifetime
+    peak RSS in bytes. `env` entries are in the child's environment from its start (XLA_FLAGS, OMP_NUM_THREADS...).
+    Errors in the child are raised here as RuntimeError carrying the child's traceback.
+    """
+
+    def __init__(self, factory: Callable[..., Any], *args: Any, env: dict[str, str] | None = None, **kwargs: Any):
+        context = multiprocessing.get_context("spawn")
+        self._conn, child_conn = context.Pipe()
+        with _environment(env):
+            self._process = context.Process(target=_side_main, args=(child_conn, factory, args, kwargs), daemon=True)
+            self._process.start()
+        child_conn.close()
+        self._receive()
+
+    def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        self._conn.send((method, args, kwargs))
+        return self._receive()
+
+    def close(self) -> int:
+        self._conn.send(None)
+        peak = self._receive()
+        self._process.join()
+        return peak
+
+    def _receive(self) -> Any:
+        try:
+            status, value = self._conn.recv()
+        except EOFError:
+            self._process.join(5)
+            raise RuntimeError(f"the benchmark process died (exit code {self._process.exitcode})") from None
+        if status == "error":
+            raise RuntimeError(f"in the benchmark process:\n{value}")
+        return value
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._process.is_alive():
+            self._process.terminate()
+            self._process.join()
+
+
+def _call(fn: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
+    return fn(*args, **kwargs)
+
+
+def run_isolated(fn: Callable[..., Any], *args: Any, env: dict[str, str] | None = None, **kwargs: Any
+                 ) -> tuple[Any, int]:
+    """`fn(*args, **kwargs)` in a fresh spawned process (see `SideProcess`): (its result, the process's peak RSS)."""
+    side = SideProcess(functools.partial, _call, fn, args, kwargs, env=env)
+    with side:
+        value = side.call("__call__")
+        return value, side.close()
 
 
 # --- environment --------------------------------------------------------------------------------------------------
@@ -274,7 +407,7 @@ def environment_info(packages: tuple[str, ...], env_vars: tuple[str, ...] = ()) 
     except (ValueError, OSError, AttributeError):
         total_memory = None
     return {
-        "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "command": command_line(),
         "cwd": os.getcwd(),
         "machine": {

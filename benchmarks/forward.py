@@ -2,27 +2,35 @@
 
 Both sides run in one invocation on the same seeded random token batch, compute full float32 logits
 [batch, length, vocab], and use the same CPU cores (torch threads = usable cores; XLA's default single CPU device,
-whose thread pool already spans every core). Each side runs in its own spawned process, so its peak memory is its own
-and neither side's thread pools compete with the other's. The logits of both sides are compared on the benchmark batch.
+whose thread pool already spans every core). Each side lives in its own spawned process, so its peak memory is its
+own; the timed calls alternate between the sides (ours, theirs, theirs, ours, ...), so that load from other processes
+on a shared machine hits both alike, and the result records how busy other processes kept the CPUs during each call.
+The logits of both sides are compared on the benchmark batch.
 
     # SmolLM2-135M-Instruct (the packaged GGUF), float32, 8 x 512 -> benchmarks/results/forward_cpu.json
     python -m benchmarks.forward
     # seconds: a tiny random-weight model (transformers gets the same weights through a HF directory)
     python -m benchmarks.forward --config tiny --output /tmp/forward_tiny.json
     # investigation: extra XLA flags for our side only
-    python -m benchmarks.forward --xla_flags=--xla_cpu_multi_thread_eigen=false --no_reference
+    python -m benchmarks.forward --xla_flags=--xla_cpu_experimental_ynn_fusion_type= --no_reference
 
 Tokens/s is batch * length / (median wall time of one forward), over `--repeats` timed calls after `--warmup`.
+On a shared machine read it with the table's `other cores` (cores other processes kept busy during the timed calls:
+near 0 means a clean figure) and `cpu s/call` (CPU seconds of the side's own threads, which contention inflates far
+less than wall time); `--wait_quiet SECONDS` waits for idle CPUs before timing.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import functools
 import gc
 import hashlib
 import os
 import pathlib
+import statistics
 import sys
 import tempfile
 import time
@@ -76,109 +84,140 @@ def _digest(tokens: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(tokens, dtype=np.int32).tobytes()).hexdigest()[:16]
 
 
-def measure_ours(source: ModelSource, workload: Workload, logits_path: str | None) -> dict[str, Any]:
-    """Loads our model, compiles the jitted forward, times it; saves the last logits to `logits_path` (.npy)."""
-    import jax  # noqa: PLC0415  (imported here so that XLA_FLAGS given to the child take effect)
+class OursForward:
+    """Our side: loads the checkpoint, puts the params on the device once, compiles the jitted forward."""
 
-    from lsi.checkpoints import load_checkpoint  # noqa: PLC0415
-    from lsi.models import Transformer  # noqa: PLC0415
+    def __init__(self, source: ModelSource, workload: Workload) -> None:
+        import jax  # noqa: PLC0415  (imported here so that XLA_FLAGS given to a child process take effect)
 
-    start = time.perf_counter()
-    cfg, host_params = load_checkpoint(source.ours)
-    params = jax.block_until_ready(jax.device_put(host_params))
-    del host_params  # only the device copy stays alive, as in a real run
-    gc.collect()
-    load_s = time.perf_counter() - start
-    tokens = benchmark_tokens(workload, cfg.vocab_size)
-    device_tokens = jax.block_until_ready(jax.device_put(tokens))
+        from lsi.checkpoints import load_checkpoint  # noqa: PLC0415
+        from lsi.models import Transformer  # noqa: PLC0415
 
-    model = Transformer(cfg)
-    forward = jax.jit(lambda p, t: model.apply({"params": p}, t))  # [batch, length] -> [batch, length, vocab]
-    start = time.perf_counter()
-    lowered = forward.lower(params, device_tokens)
-    lower_s = time.perf_counter() - start
-    start = time.perf_counter()
-    compiled = lowered.compile()
-    compile_s = time.perf_counter() - start
+        self._jax = jax
+        start = time.perf_counter()
+        cfg, host_params = load_checkpoint(source.ours)
+        self.params = jax.block_until_ready(jax.device_put(host_params))
+        del host_params  # only the device copy stays alive, as in a real run
+        gc.collect()
+        self.load_s = time.perf_counter() - start
+        self.cfg = cfg
+        self.tokens = benchmark_tokens(workload, cfg.vocab_size)
+        self.device_tokens = jax.block_until_ready(jax.device_put(self.tokens))
 
-    rss_before = common.current_rss_bytes()
-    logits = None
+        model = Transformer(cfg)
+        forward = jax.jit(lambda p, t: model.apply({"params": p}, t))  # [batch, length] -> [batch, length, vocab]
+        start = time.perf_counter()
+        lowered = forward.lower(self.params, self.device_tokens)
+        self.lower_s = time.perf_counter() - start
+        start = time.perf_counter()
+        self.compiled = lowered.compile()
+        self.compile_s = time.perf_counter() - start
+        self.logits = None
+        self.memory = _ForwardMemory()
 
-    def call() -> None:
-        nonlocal logits
-        logits = None  # free the previous output first, as a loop that consumes each result would
-        logits = jax.block_until_ready(compiled(params, device_tokens))
+    def run_once(self) -> tuple[float, float]:
+        """(wall s, CPU s) of one forward, including `block_until_ready`."""
+        self.memory.start()
+        self.logits = None  # free the previous output first, as a loop that consumes each result would
 
-    with common.PeakRSS() as memory:
-        timing = common.time_call(call, warmup=workload.warmup, repeats=workload.repeats)
-    if logits_path:
-        np.save(logits_path, np.asarray(logits))
-    return {
-        "model_config": dataclasses.asdict(cfg) | {"dtype": str(np.dtype(cfg.dtype)),
-                                                  "param_dtype": str(np.dtype(cfg.param_dtype))},
-        "num_params": cfg.num_params,
-        "forward_flops_per_token": cfg.flops_per_token(workload.length) / 3.0,
-        "logits_shape": list(logits.shape),
-        "logits_dtype": str(logits.dtype),
-        "tokens_sha256_16": _digest(tokens),
-        "load_s": load_s,
-        "lower_s": lower_s,
-        "compile_s": compile_s,
-        "timing": timing,
-        "memory": {"rss_before_forward_mib": rss_before / common.MIB,
-                   "forward_peak_rss_mib": memory.peak_bytes / common.MIB, "method": memory.method},
-        "runtime": {
-            "jax_backend": jax.default_backend(),
-            "jax_devices": [str(d) for d in jax.devices()],
-            "xla_flags": os.environ.get("XLA_FLAGS", ""),
-            "compilation_cache_dir": jax.config.jax_compilation_cache_dir,
-        },
-    }
+        def call() -> None:
+            self.logits = self._jax.block_until_ready(self.compiled(self.params, self.device_tokens))
+
+        return common.timed_call(call)
+
+    def finish(self, logits_path: str | None) -> dict[str, Any]:
+        memory = self.memory.stop()
+        if logits_path:
+            np.save(logits_path, np.asarray(self.logits))
+        jax, cfg = self._jax, self.cfg
+        return {
+            "model_config": dataclasses.asdict(cfg) | {"dtype": str(np.dtype(cfg.dtype)),
+                                                      "param_dtype": str(np.dtype(cfg.param_dtype))},
+            "num_params": cfg.num_params,
+            "forward_flops_per_token": cfg.flops_per_token(self.tokens.shape[1]) / 3.0,
+            "logits_shape": list(self.logits.shape),
+            "logits_dtype": str(self.logits.dtype),
+            "tokens_sha256_16": _digest(self.tokens),
+            "load_s": self.load_s,
+            "lower_s": self.lower_s,
+            "compile_s": self.compile_s,
+            "memory": memory,
+            "runtime": {
+                "jax_backend": jax.default_backend(),
+                "jax_devices": [str(d) for d in jax.devices()],
+                "xla_flags": os.environ.get("XLA_FLAGS", ""),
+                "compilation_cache_dir": jax.config.jax_compilation_cache_dir,
+            },
+        }
 
 
-def measure_theirs(source: ModelSource, workload: Workload, threads: int, logits_path: str | None) -> dict[str, Any]:
-    """transformers' own loading of the same weights, timed under `torch.inference_mode()`."""
-    import torch  # noqa: PLC0415
-    from transformers import AutoModelForCausalLM  # noqa: PLC0415
+class TheirsForward:
+    """transformers' own loading of the same weights; every call under `torch.inference_mode()`."""
 
-    torch.set_num_threads(threads)
-    start = time.perf_counter()
-    model = AutoModelForCausalLM.from_pretrained(source.hf_directory, gguf_file=source.gguf_file,
-                                                 dtype=torch.float32).eval()
-    load_s = time.perf_counter() - start
-    tokens = benchmark_tokens(workload, model.config.vocab_size)
-    input_ids = torch.from_numpy(tokens.astype(np.int64))
+    def __init__(self, source: ModelSource, workload: Workload, threads: int) -> None:
+        import torch  # noqa: PLC0415
+        from transformers import AutoModelForCausalLM  # noqa: PLC0415
 
-    rss_before = common.current_rss_bytes()
-    logits = None
+        self._torch = torch
+        torch.set_num_threads(threads)
+        start = time.perf_counter()
+        self.model = AutoModelForCausalLM.from_pretrained(source.hf_directory, gguf_file=source.gguf_file,
+                                                          dtype=torch.float32).eval()
+        self.load_s = time.perf_counter() - start
+        self.tokens = benchmark_tokens(workload, self.model.config.vocab_size)
+        self.input_ids = torch.from_numpy(self.tokens.astype(np.int64))
+        self.logits = None
+        self.memory = _ForwardMemory()
 
-    def call() -> None:
-        nonlocal logits
-        logits = None
-        # use_cache=False: our full forward returns only logits, so neither side keeps a KV cache.
-        logits = model(input_ids=input_ids, use_cache=False).logits
+    def run_once(self) -> tuple[float, float]:
+        self.memory.start()
+        self.logits = None
 
-    with torch.inference_mode(), common.PeakRSS() as memory:
-        timing = common.time_call(call, warmup=workload.warmup, repeats=workload.repeats)
-    if logits_path:
-        np.save(logits_path, logits.float().numpy())
-    return {
-        "model_class": type(model).__name__,
-        "attn_implementation": getattr(model.config, "_attn_implementation", None),
-        "logits_shape": list(logits.shape),
-        "logits_dtype": str(logits.dtype),
-        "tokens_sha256_16": _digest(tokens),
-        "load_s": load_s,
-        "timing": timing,
-        "memory": {"rss_before_forward_mib": rss_before / common.MIB,
-                   "forward_peak_rss_mib": memory.peak_bytes / common.MIB, "method": memory.method},
-        "runtime": {
-            "torch_num_threads": torch.get_num_threads(),
-            "torch_num_interop_threads": torch.get_num_interop_threads(),
-            "mkldnn_available": torch.backends.mkldnn.is_available(),
-            "mkl_available": torch.backends.mkl.is_available(),
-        },
-    }
+        def call() -> None:
+            with self._torch.inference_mode():
+                # use_cache=False: our full forward returns only logits, so neither side keeps a KV cache.
+                self.logits = self.model(input_ids=self.input_ids, use_cache=False).logits
+
+        return common.timed_call(call)
+
+    def finish(self, logits_path: str | None) -> dict[str, Any]:
+        memory = self.memory.stop()
+        if logits_path:
+            np.save(logits_path, self.logits.float().numpy())
+        torch = self._torch
+        return {
+            "model_class": type(self.model).__name__,
+            "attn_implementation": getattr(self.model.config, "_attn_implementation", None),
+            "logits_shape": list(self.logits.shape),
+            "logits_dtype": str(self.logits.dtype),
+            "tokens_sha256_16": _digest(self.tokens),
+            "load_s": self.load_s,
+            "memory": memory,
+            "runtime": {
+                "torch_num_threads": torch.get_num_threads(),
+                "torch_num_interop_threads": torch.get_num_interop_threads(),
+                "mkldnn_available": torch.backends.mkldnn.is_available(),
+                "mkl_available": torch.backends.mkl.is_available(),
+            },
+        }
+
+
+class _ForwardMemory:
+    """RSS when the first forward starts, and the peak from then until `stop` (warmup and timed calls)."""
+
+    def __init__(self) -> None:
+        self._peak: common.PeakRSS | None = None
+
+    def start(self) -> None:
+        if self._peak is None:
+            gc.collect()
+            self._peak = common.PeakRSS().__enter__()
+
+    def stop(self) -> dict[str, Any]:
+        peak = self._peak
+        peak.__exit__(None, None, None)
+        return {"rss_before_forward_mib": peak.start_bytes / common.MIB,
+                "forward_peak_rss_mib": peak.peak_bytes / common.MIB, "method": peak.method}
 
 
 def compare_logits(ours_path: str, theirs_path: str, chunk_rows: int = 1) -> dict[str, Any]:
@@ -188,17 +227,21 @@ def compare_logits(ours_path: str, theirs_path: str, chunk_rows: int = 1) -> dic
     if ours.shape != theirs.shape:
         raise ValueError(f"logits shapes differ: ours {ours.shape}, theirs {theirs.shape}")
     max_abs = 0.0
+    sum_abs = 0.0
     max_ref = 0.0
     same_argmax = 0
     for row in range(0, ours.shape[0], chunk_rows):
         a = np.asarray(ours[row:row + chunk_rows], np.float32)
         b = np.asarray(theirs[row:row + chunk_rows], np.float32)
-        max_abs = max(max_abs, float(np.max(np.abs(a - b))))
+        diff = np.abs(a - b)
+        max_abs = max(max_abs, float(np.max(diff)))
+        sum_abs += float(np.sum(diff, dtype=np.float64))
         max_ref = max(max_ref, float(np.max(np.abs(b))))
         same_argmax += int(np.sum(a.argmax(-1) == b.argmax(-1)))
     positions = ours.shape[0] * ours.shape[1]
     return {
         "max_abs_diff": max_abs,
+        "mean_abs_diff": sum_abs / ours.size,
         "max_abs_logit": max_ref,
         "argmax_agreement": same_argmax / positions,
         "tolerance": LOGITS_TOLERANCE,
@@ -250,13 +293,6 @@ def _checkpoint_source(name: str) -> ModelSource:
     return ModelSource(ours=str(directory), hf_directory=str(directory), gguf_file=None, description=f"{name}")
 
 
-def _run(isolate: bool, fn: Any, *args: Any, env: dict[str, str] | None = None) -> tuple[dict[str, Any], float | None]:
-    if not isolate:
-        return fn(*args), None
-    result = common.run_isolated(fn, *args, env=env)
-    return result.value, result.process_peak_rss_bytes / common.MIB
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -278,7 +314,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no_reference", "--no-reference", dest="reference", action="store_false",
                         help="skip the transformers side")
     parser.add_argument("--no_isolate", "--no-isolate", dest="isolate", action="store_false",
-                        help="run both sides in this process (faster start; no per-side process peak memory)")
+                        help="run both sides in this process: faster start, but no per-side process peak memory, "
+                             "and the two runtimes' thread pools share one process (timings less trustworthy)")
+    parser.add_argument("--wait_quiet", "--wait-quiet", type=float, default=0.0, metavar="SECONDS",
+                        help="after loading, wait up to SECONDS for other processes to leave the CPUs idle before timing")
     parser.add_argument("--xla_flags", "--xla-flags", default=None,
                         help="XLA_FLAGS for our side's process (appended to the inherited ones); needs isolation")
     args = parser.parse_args(argv)
@@ -312,15 +351,35 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         ours_logits = str(tmpdir / "ours.npy") if args.reference else None
         theirs_logits = str(tmpdir / "theirs.npy")
 
-        print(f"[forward] ours: {source.description}, batch {workload.batch} x length {workload.length}", flush=True)
-        ours, ours_process_peak = _run(args.isolate, measure_ours, source, workload, ours_logits, env=ours_env)
-        ours["memory"]["process_peak_rss_mib"] = ours_process_peak
-        theirs = correctness = None
+        print(f"[forward] loading both sides: {source.description}, batch {workload.batch} x length "
+              f"{workload.length}; torch threads {args.threads}", flush=True)
+        sides = {"ours": (OursForward, (source, workload), ours_env, ours_logits)}
         if args.reference:
-            print(f"[forward] transformers/torch ({args.threads} threads)", flush=True)
-            theirs, theirs_process_peak = _run(args.isolate, measure_theirs, source, workload, args.threads,
-                                               theirs_logits)
-            theirs["memory"]["process_peak_rss_mib"] = theirs_process_peak
+            sides["transformers"] = (TheirsForward, (source, workload, args.threads), None, theirs_logits)
+        with contextlib.ExitStack() as stack:
+            if args.isolate:
+                handles = {name: stack.enter_context(common.SideProcess(factory, *fargs, env=env))
+                           for name, (factory, fargs, env, _) in sides.items()}
+                calls = {name: functools.partial(handle.call, "run_once") for name, handle in handles.items()}
+            else:
+                handles = {name: factory(*fargs) for name, (factory, fargs, _, _) in sides.items()}
+                calls = {name: handle.run_once for name, handle in handles.items()}
+            quiet = common.wait_until_quiet(timeout_s=args.wait_quiet) if args.wait_quiet else None
+            print(f"[forward] timing {', '.join(sides)}: {workload.warmup} warmup + {workload.repeats} timed "
+                  f"calls each, alternating", flush=True)
+            timings = common.time_interleaved(calls, warmup=workload.warmup, repeats=workload.repeats)
+            results = {}
+            for name, handle in handles.items():
+                logits_path = sides[name][3]
+                if args.isolate:
+                    results[name] = handle.call("finish", logits_path)
+                    results[name]["memory"]["process_peak_rss_mib"] = handle.close() / common.MIB
+                else:
+                    results[name] = handle.finish(logits_path)
+                    results[name]["memory"]["process_peak_rss_mib"] = None
+                results[name]["timing"] = timings[name]
+        ours, theirs, correctness = results["ours"], results.get("transformers"), None
+        if theirs is not None:
             if theirs["tokens_sha256_16"] != ours["tokens_sha256_16"]:
                 raise RuntimeError("The two sides saw different token batches; vocab sizes differ?")
             correctness = compare_logits(ours_logits, theirs_logits)
@@ -349,9 +408,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "threads": {"torch": theirs["runtime"]["torch_num_threads"] if theirs else None,
                     "xla": f"default CPU client thread pool over {common.usable_cores()} usable cores"},
         "jax_devices": ours["runtime"]["jax_devices"],
+        "xla_flags_ours": ours["runtime"]["xla_flags"],
         "ours": ours | {"tokens_per_s": ours_tps},
         "transformers": None if theirs is None else theirs | {"tokens_per_s": theirs_tps},
         "isolated_processes": args.isolate,
+        "machine_quiet_before": quiet,
         **common.environment_info(PACKAGES, ENV_VARS),
     }
     common.write_json(output, record)
@@ -368,16 +429,17 @@ def _summary(record: dict[str, Any]) -> str:
             continue
         t = result["timing"]
         rows.append([side, record["tokens_per_s"][side], t["median_s"], t["min_s"], t["max_s"],
-                     record["model_tflops_per_s"][side] * 1e3, t["cpu_utilization"],
-                     result["memory"]["forward_peak_rss_mib"],
+                     record["model_tflops_per_s"][side] * 1e3, statistics.median(t["cpu_s"]), t["cpu_utilization"],
+                     t["other_processes_cores"], result["memory"]["forward_peak_rss_mib"],
                      result["memory"]["process_peak_rss_mib"]])
-    table = common.format_table(
-        ["side", "tokens/s", "median s", "min s", "max s", "GFLOP/s", "cpu util", "fwd peak MiB", "proc peak MiB"], rows)
+    header = ["side", "tokens/s", "median s", "min s", "max s", "GFLOP/s", "cpu s/call", "cpu util", "other cores",
+              "fwd peak MiB", "proc peak MiB"]
+    table = common.format_table(header, rows)
     lines = [f"{record['model']}  {record['dtype']}  batch {record['batch']} x length {record['length']}", table]
     if record["ratio_ours_over_transformers"] is not None:
         check = record["logits_check"]
         lines.append(f"ours / transformers = {record['ratio_ours_over_transformers']:.3f}   "
-                     f"max |logits diff| = {check['max_abs_diff']:.2e} "
+                     f"max |logits diff| = {check['max_abs_diff']:.2e} (mean {check['mean_abs_diff']:.1e}) "
                      f"({'ok' if check['within_tolerance'] else 'ABOVE'} < {check['tolerance']:g}), "
                      f"argmax agreement {check['argmax_agreement']:.4f}")
     lines.append(f"compile (ours): {record['compile_s_ours']:.2f} s   torch threads: {record['threads']['torch']}   "
