@@ -21,6 +21,7 @@ CONFIGS = {
     "palm": get_config("tiny_palm"),
     "llama3_rope": get_config("tiny", rope_scaling=RopeScaling(8.0, 1.0, 4.0, 32)),
     "geglu_scaled": get_config("tiny", activation="gelu", embed_scale=8.0),
+    "blocked_attention": get_config("tiny", attention_block=4),
 }
 
 

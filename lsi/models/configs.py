@@ -49,6 +49,9 @@ class TransformerConfig:
     dtype: Any = jnp.float32  # compute dtype of activations
     param_dtype: Any = jnp.float32
     remat: str = "none"  # "none" | "full" | "dots": activation checkpointing policy of each layer in training
+    # Full-sequence attention runs in query blocks of this many tokens (0: one block), each against only the keys
+    # it can see; same result, about half the score-matrix work for long causal sequences.
+    attention_block: int = 64
 
     def __post_init__(self) -> None:
         if self.num_heads % self.num_kv_heads:

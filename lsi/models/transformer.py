@@ -200,15 +200,29 @@ class Attention(nn.Module):
         q = constrain(q, ("batch", "length", "heads", "kv"))
         k = constrain(k, ("batch", "length", "kv_heads", "kv"))
         v = constrain(v, ("batch", "length", "kv_heads", "kv"))
-        logits = jnp.einsum("btkgd,bskd->bkgts", self._grouped(q), k, preferred_element_type=jnp.float32)
         length = x.shape[1]
-        causal = jnp.tril(jnp.ones((length, length), bool))  # [query, key]
-        same_segment = segment_ids[:, :, None] == segment_ids[:, None, :]  # [batch, query, key]
-        allowed = causal[None] & same_segment & (segment_ids[:, None, :] != 0)
+        block = self.config.attention_block
+        starts = range(0, length, block) if block and length > block else [0]
+        q = self._grouped(q)  # [batch, length, kv_heads, group, hd]
+        attended = [self._attend_block(q, k, v, segment_ids, start, min(start + (block or length), length))
+                    for start in starts]
+        attended = attended[0] if len(attended) == 1 else jnp.concatenate(attended, axis=1)
+        return self._output(attended), (k, v)
+
+    def _attend_block(self, q: Array, k: Array, v: Array, segment_ids: Array, start: int, end: int) -> Array:
+        """Queries [start, end) against keys [0, end): causal attention never needs the keys after a block, so
+        blocking skips about half of the score matrix (and its softmax) that a full [length, length] pass masks.
+
+        q: [batch, length, kv_heads, group, hd]; k, v: [batch, length, kv_heads, hd] -> [batch, end-start, ...]."""
+        q_block, k_seen, v_seen = q[:, start:end], k[:, :end], v[:, :end]
+        logits = jnp.einsum("btkgd,bskd->bkgts", q_block, k_seen, preferred_element_type=jnp.float32)
+        query_pos = jnp.arange(start, end)[:, None]
+        causal = query_pos >= jnp.arange(end)[None, :]  # [query, key]
+        query_segment, key_segment = segment_ids[:, start:end], segment_ids[:, :end]
+        allowed = causal[None] & (query_segment[:, :, None] == key_segment[:, None, :]) & (key_segment[:, None, :] != 0)
         logits = jnp.where(allowed[:, None, None], logits, _MASK_VALUE)  # [batch, kv_heads, group, query, key]
         weights = jax.nn.softmax(logits, axis=-1).astype(self.config.dtype)
-        attended = jnp.einsum("bkgts,bskd->btkgd", weights, v)
-        return self._output(attended), (k, v)
+        return jnp.einsum("bkgts,bskd->btkgd", weights, v_seen)
 
     def decode(self, x: Array, positions: Array, layer_cache: tuple[Array, ...], prefix_mask: Array,
                index: Array) -> tuple[Array, tuple[Array, Array]]:
