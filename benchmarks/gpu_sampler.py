@@ -27,7 +27,6 @@ import gc
 import os
 import pathlib
 import sys
-import tempfile
 import time
 import traceback
 from typing import Any
@@ -48,9 +47,10 @@ ENV_VARS = ("XLA_FLAGS", "XLA_PYTHON_CLIENT_PREALLOCATE", "XLA_PYTHON_CLIENT_MEM
             "JAX_PLATFORMS")
 
 # Defaults of the GPU run and of the seconds-long CPU smoke run (`--config tiny`).
-FULL = dict(config="llama_1b", num_prompts=64, samples=32, new_tokens=256, prompt_lengths="368,432",
-            bandwidth_mib=2048)
-SMOKE = dict(config="tiny", num_prompts=2, samples=4, new_tokens=8, prompt_lengths="20,40", bandwidth_mib=16)
+FULL = {"config": "llama_1b", "num_prompts": 64, "samples": 32, "new_tokens": 256, "prompt_lengths": "368,432",
+        "bandwidth_mib": 2048}
+SMOKE = {"config": "tiny", "num_prompts": 2, "samples": 4, "new_tokens": 8, "prompt_lengths": "20,40",
+         "bandwidth_mib": 16}
 
 
 def _bf16() -> Any:
@@ -132,10 +132,10 @@ def measure_ours(config_name: str, workload: cpu.Workload, breakdown: bool, band
         "runtime": {"jax_backend": jax.default_backend(), "jax_devices": [str(d) for d in jax.devices()],
                     "device_kind": jax.devices()[0].device_kind, "xla_flags": os.environ.get("XLA_FLAGS", "")},
     }
-    del out, compiled
+    out = compiled = None  # free the sampler's buffers before the breakdown's own
     if breakdown:
         result["breakdown"] = cpu.our_breakdown(cfg, params, workload, timing["median_s"])
-    del params, args
+    params = args = None
     result["bandwidth"] = device_bandwidth(bandwidth_mib)
     return result
 
@@ -397,8 +397,8 @@ def _record(args: argparse.Namespace, cfg: Any, workload: cpu.Workload, ours: di
 
 def _summary(record: dict[str, Any]) -> str:
     s = record["settings"]
-    lines = [f"{record['model']} on {record['device']}: {s['num_prompts']} prompts x {s['num_samples']} samples x "
-             f"{s['max_new_tokens']} new tokens"]
+    lines = [(f"{record['model']} on {record['device']}: {s['num_prompts']} prompts x {s['num_samples']} samples x "
+              f"{s['max_new_tokens']} new tokens")]
     rows = []
     for side in ("ours", "transformers"):
         result = record[side]
@@ -412,8 +412,8 @@ def _summary(record: dict[str, Any]) -> str:
     if record["transformers_error"]:
         lines.append(f"transformers: {record['transformers_error']}")
     floor, frac = record["bandwidth_floor"], record["fraction_of_ideal"]
-    lines.append(f"bandwidth {record['device_bandwidth_gb_per_s']:.1f} GB/s -> ideal {floor['ideal_tokens_per_s']:,.0f} "
-                 f"tokens/s; ours reaches {100 * frac['whole_call']:.1f}% of it"
+    lines.append(f"bandwidth {record['device_bandwidth_gb_per_s']:.1f} GB/s -> ideal "
+                 f"{floor['ideal_tokens_per_s']:,.0f} tokens/s; ours reaches {100 * frac['whole_call']:.1f}% of it"
                  + (f" ({100 * frac['decode_only']:.1f}% in decode alone)" if frac["decode_only"] else ""))
     lines.append(f"compile (ours): {record['compile_s_ours']:.1f} s")
     return "\n".join(lines)

@@ -39,7 +39,8 @@ import pathlib
 import sys
 import tempfile
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -326,7 +327,7 @@ def our_breakdown(cfg: Any, params: Any, workload: Workload, total_s: float) -> 
     keys = sample_keys(0, jnp.arange(batch), m)
     choose_timing = common.time_call(lambda: jax.block_until_ready(choose(logits, keys)), warmup=1, repeats=5)
     choose_s = choose_timing["median_s"]
-    del logits
+    logits = None  # free it before the decode-step measurements
     # One model decode step alone (outside the sampler's loop), against the real caches (the padded prompt and
     # max_new generated slots per sample) and against near-empty ones: the difference is the cost of attention.
     lm = TransformerLM(cfg)
@@ -615,10 +616,10 @@ class _InProcess:
     def close(self) -> None:
         self._side = None
 
-    def __enter__(self) -> "_InProcess":
+    def __enter__(self) -> _InProcess:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self._side = None
 
 
@@ -699,10 +700,10 @@ def _checkpoint_source(name: str) -> ModelSource:
 
 
 # Defaults of the run and of the seconds-long smoke run (`--config`).
-FULL = dict(num_prompts=8, samples=16, new_tokens=128, sweep_samples="1,4,16,64", sweep_prompt_tokens=1500,
-            quiet_load=0.7)
-SMOKE = dict(num_prompts=3, samples=4, new_tokens=8, sweep_samples="1,4", sweep_prompt_tokens=48,
-             quiet_load=None)
+FULL = {"num_prompts": 8, "samples": 16, "new_tokens": 128, "sweep_samples": "1,4,16,64",
+        "sweep_prompt_tokens": 1500, "quiet_load": 0.7}
+SMOKE = {"num_prompts": 3, "samples": 4, "new_tokens": 8, "sweep_samples": "1,4", "sweep_prompt_tokens": 48,
+         "quiet_load": None}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -877,8 +878,8 @@ def _record(args: argparse.Namespace, source: ModelSource, workload: Workload, p
 
 
 def _summary(record: dict[str, Any]) -> str:
-    lines = [f"{record['model']}  {record['dtype']}  prompts {record['prompts']['token_lengths']} x "
-             f"{record['settings']['num_samples']} samples x {record['settings']['max_new_tokens']} new tokens"]
+    lines = [(f"{record['model']}  {record['dtype']}  prompts {record['prompts']['token_lengths']} x "
+              f"{record['settings']['num_samples']} samples x {record['settings']['max_new_tokens']} new tokens")]
     rows = []
     for side in ("ours", "transformers"):
         result = record[side]
