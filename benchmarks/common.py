@@ -17,7 +17,6 @@ import contextlib
 import dataclasses
 import datetime
 import functools
-import importlib.metadata
 import json
 import multiprocessing
 import os
@@ -31,6 +30,8 @@ import time
 import traceback
 from collections.abc import Callable, Iterator
 from typing import Any, Self
+
+from lsi.self_improve.manifest import package_versions
 
 MIB = 1024 * 1024
 
@@ -381,17 +382,6 @@ def usable_cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:
         return os.cpu_count() or 1
-
-
-def package_versions(names: tuple[str, ...]) -> dict[str, str | None]:
-    """Installed distribution versions (None when not installed)."""
-    versions: dict[str, str | None] = {}
-    for name in names:
-        try:
-            versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            versions[name] = None
-    return versions
 
 
 def command_line() -> str:

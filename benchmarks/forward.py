@@ -41,7 +41,8 @@ import numpy as np
 if __package__ in (None, ""):  # run as a script: make `benchmarks` and `lsi` importable from the repo root
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from benchmarks import common  # noqa: E402
+from benchmarks import common, model_sources  # noqa: E402
+from benchmarks.model_sources import ModelSource  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 DEFAULT_CHECKPOINT = "smollm2-135m-instruct"
@@ -49,16 +50,6 @@ DEFAULT_OUTPUT = REPO / "benchmarks" / "results" / "forward_cpu.json"
 PACKAGES = ("jax", "jaxlib", "flax", "numpy", "torch", "transformers", "gguf", "safetensors", "psutil")
 ENV_VARS = ("XLA_FLAGS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "JAX_PLATFORMS", "JAX_ENABLE_X64")
 LOGITS_TOLERANCE = 1e-3
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelSource:
-    """Where each side loads the same weights from."""
-
-    ours: str  # for lsi.checkpoints.load_checkpoint: a .gguf file, a HF directory or a packaged name
-    hf_directory: str  # for AutoModelForCausalLM.from_pretrained
-    gguf_file: str | None  # file name inside hf_directory, when the weights are a GGUF
-    description: str
 
 
 @dataclasses.dataclass(frozen=True)
@@ -249,50 +240,6 @@ def compare_logits(ours_path: str, theirs_path: str, chunk_rows: int = 1) -> dic
     }
 
 
-def random_params(config_name: str, seed: int) -> tuple[Any, Any]:
-    """(config, float32 numpy params) of a named config: norm scales near 1, every other tensor N(0, 1/embed_dim).
-
-    Drawn with numpy over `abstract_params`'s shapes rather than by `init_params`, whose jitted init takes ~9 s to
-    compile even for the tiny config on 2 cores at the default XLA optimisation level: longer than the whole smoke run.
-    """
-    import jax  # noqa: PLC0415
-
-    from lsi.models import abstract_params, get_config  # noqa: PLC0415
-
-    cfg = get_config(config_name)
-    rng = np.random.default_rng(seed)
-    std = cfg.embed_dim ** -0.5
-
-    def draw(path: Any, leaf: Any) -> np.ndarray:
-        noise = rng.standard_normal(leaf.shape).astype(np.float32)
-        if jax.tree_util.keystr(path).endswith("['scale']"):
-            return 1.0 + 0.1 * noise
-        return std * noise
-
-    return cfg, jax.tree_util.tree_map_with_path(draw, abstract_params(cfg))
-
-
-def _random_weight_source(config_name: str, seed: int, directory: pathlib.Path) -> ModelSource:
-    """Random parameters of a named config written as a HF directory, so that both sides load identical weights."""
-    from lsi.checkpoints import save_hf_directory  # noqa: PLC0415
-
-    cfg, params = random_params(config_name, seed)
-    save_hf_directory(cfg, params, directory)
-    return ModelSource(ours=str(directory), hf_directory=str(directory), gguf_file=None,
-                       description=f"config {config_name!r}, random weights (numpy seed {seed})")
-
-
-def _checkpoint_source(name: str) -> ModelSource:
-    from lsi.checkpoints import resolve_model_path  # noqa: PLC0415
-
-    path = resolve_model_path(name)
-    if path.suffix == ".gguf":
-        return ModelSource(ours=str(path), hf_directory=str(path.parent), gguf_file=path.name,
-                           description=f"{name} ({path.name})")
-    directory = path if path.is_dir() else path.parent
-    return ModelSource(ours=str(directory), hf_directory=str(directory), gguf_file=None, description=f"{name}")
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -345,9 +292,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="lsi-forward-") as tmp:
         tmpdir = pathlib.Path(tmp)
         if args.config:
-            source = _random_weight_source(args.config, args.seed, tmpdir / "model")
+            source = model_sources.random_weight_source(args.config, args.seed, tmpdir / "model")
         else:
-            source = _checkpoint_source(args.checkpoint)
+            source = model_sources.checkpoint_source(args.checkpoint)
         ours_logits = str(tmpdir / "ours.npy") if args.reference else None
         theirs_logits = str(tmpdir / "theirs.npy")
 

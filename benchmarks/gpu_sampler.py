@@ -37,6 +37,7 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` and `lsi` im
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from benchmarks import common  # noqa: E402
+from benchmarks import model_sources  # noqa: E402
 from benchmarks import sampler as cpu  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -101,7 +102,7 @@ def measure_ours(config_name: str, workload: cpu.Workload, breakdown: bool, band
 
     start = time.perf_counter()
     cfg = _model_config(config_name)
-    _, host_params = cpu.random_params(config_name, workload.seed, _bf16(), dtype=cfg.dtype,
+    _, host_params = model_sources.random_params(config_name, workload.seed, _bf16(), dtype=cfg.dtype,
                                        param_dtype=cfg.param_dtype)
     params = jax.block_until_ready(jax.device_put(host_params))
     del host_params
@@ -150,7 +151,7 @@ def _hf_model(config_name: str, seed: int, device: str) -> Any:
     from lsi.checkpoints import config_to_hf  # noqa: PLC0415
     from lsi.checkpoints.layout import params_to_hf  # noqa: PLC0415
 
-    cfg, params = cpu.random_params(config_name, seed, np.float32)
+    cfg, params = model_sources.random_params(config_name, seed, np.float32)
     hf_config = LlamaConfig(**{k: v for k, v in config_to_hf(cfg).items() if k != "torch_dtype"})
     with torch.device(device):
         model = AutoModelForCausalLM.from_config(hf_config, dtype=torch.bfloat16)

@@ -47,7 +47,8 @@ import numpy as np
 if __package__ in (None, ""):  # run as a script: make `benchmarks` and `lsi` importable from the repo root
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from benchmarks import common  # noqa: E402
+from benchmarks import common, model_sources  # noqa: E402
+from benchmarks.model_sources import ModelSource  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 DEFAULT_CHECKPOINT = "smollm2-135m-instruct"
@@ -77,16 +78,6 @@ class Workload:
     @property
     def sampled_tokens_per_call(self) -> int:
         return len(self.prompts) * self.num_samples * self.max_new_tokens
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelSource:
-    """Where each side loads the same weights from."""
-
-    ours: str  # for lsi.checkpoints.load_checkpoint: a .gguf file, a HF directory or a packaged name
-    hf_directory: str  # for AutoModelForCausalLM.from_pretrained
-    gguf_file: str | None  # file name inside hf_directory, when the weights are a GGUF
-    description: str
 
 
 # The files whose version decides our side's speed; hashed when the run starts and where each side imports them.
@@ -656,49 +647,6 @@ def compare(source: ModelSource, workload: Workload, eos_id: int | None, args: a
     return results["ours"], results.get("transformers"), quiet
 
 
-def random_params(config_name: str, seed: int, array_dtype: Any = np.float32, **overrides: Any
-                  ) -> tuple[Any, Any]:
-    """(config, numpy params in `array_dtype`) of a named config: norm scales near 1, other tensors N(0, 1/embed_dim).
-
-    Drawn in float32 with numpy over `abstract_params`'s shapes, leaf by leaf (a jitted init takes seconds to compile
-    even for the tiny config), then cast: the same seed gives the same weights in every process and dtype.
-    """
-    import jax  # noqa: PLC0415
-
-    from lsi.models import abstract_params, get_config  # noqa: PLC0415
-
-    cfg = get_config(config_name, **overrides)
-    rng = np.random.default_rng(seed)
-    std = cfg.embed_dim ** -0.5
-
-    def draw(path: Any, leaf: Any) -> np.ndarray:
-        noise = rng.standard_normal(leaf.shape, dtype=np.float32)
-        value = 1.0 + 0.1 * noise if jax.tree_util.keystr(path).endswith("['scale']") else std * noise
-        return value.astype(array_dtype)
-
-    return cfg, jax.tree_util.tree_map_with_path(draw, abstract_params(cfg))
-
-
-def _random_weight_source(config_name: str, seed: int, directory: pathlib.Path) -> ModelSource:
-    from lsi.checkpoints import save_hf_directory  # noqa: PLC0415
-
-    cfg, params = random_params(config_name, seed)
-    save_hf_directory(cfg, params, directory)
-    return ModelSource(ours=str(directory), hf_directory=str(directory), gguf_file=None,
-                       description=f"config {config_name!r}, random weights (numpy seed {seed})")
-
-
-def _checkpoint_source(name: str) -> ModelSource:
-    from lsi.checkpoints import resolve_model_path  # noqa: PLC0415
-
-    path = resolve_model_path(name)
-    if path.suffix == ".gguf":
-        return ModelSource(ours=str(path), hf_directory=str(path.parent), gguf_file=path.name,
-                           description=f"{name} ({path.name})")
-    directory = path if path.is_dir() else path.parent
-    return ModelSource(ours=str(directory), hf_directory=str(directory), gguf_file=None, description=name)
-
-
 # Defaults of the issue's run and of the seconds-long smoke run (`--config`).
 FULL = {"num_prompts": 8, "samples": 16, "new_tokens": 128, "sweep_samples": "1,4,16,64",
         "sweep_prompt_tokens": 1500, "quiet_load": 0.7}
@@ -782,7 +730,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     with tempfile.TemporaryDirectory(prefix="lsi-sampler-") as tmp:
         if args.config:
-            source = _random_weight_source(args.config, args.seed, pathlib.Path(tmp) / "model")
+            source = model_sources.random_weight_source(args.config, args.seed, pathlib.Path(tmp) / "model")
             vocab_size = _source_config(source).vocab_size
             prompts = random_prompts(args.num_prompts, args.random_prompt_lengths, vocab_size, args.seed)
             prompt_sources = ["random ids"] * len(prompts)
@@ -792,7 +740,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         else:
             from lsi.vocab import load_vocabulary  # noqa: PLC0415
 
-            source = _checkpoint_source(args.checkpoint)
+            source = model_sources.checkpoint_source(args.checkpoint)
             vocab = load_vocabulary(args.checkpoint)
             texts, prompt_sources = cot_prompts(args.num_prompts, args.exemplars)
             prompts = [_encode(vocab, t) for t in texts]

@@ -12,7 +12,6 @@ Text-level work (decoding ids, cutting at stop strings) happens on the host in `
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Any, Protocol, Sequence
 
 import flax
@@ -304,7 +303,6 @@ def make_sampler(lm: LanguageModel, spec: SamplerSpec, mesh: jax.sharding.Mesh |
     return jax.jit(run)
 
 
-@functools.lru_cache(maxsize=64)
 def bucket_length(length: int, minimum: int = 16) -> int:
     """The padded length for a prompt: the next power of two (at least `minimum`), so a run compiles few shapes."""
     if length < 1:

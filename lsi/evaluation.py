@@ -12,9 +12,9 @@ text / parsed answer / finish reason, the vote and its share, gold, correct) and
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import hashlib
-import json
 import os
 import pathlib
 import time
@@ -25,7 +25,7 @@ import numpy as np
 from lsi import metrics
 from lsi.batch_decoding import BatchSampler, Completion, SampleRequest
 from lsi.decoding import Greedy, LanguageModel, Temperature
-from lsi.io_utils import write_json_atomic, write_jsonl_atomic
+from lsi.io_utils import read_jsonl, write_json_atomic, write_jsonl_atomic
 from lsi.self_improve.voting import vote_answers
 from lsi.tasks.answers import answers_equal, parse_answer
 from lsi.tasks.base import Example, Task
@@ -130,7 +130,7 @@ def _mode_metrics(mode: str, task: Task, records: list[dict[str, Any]], all_answ
         "unparseable_samples": sum(a is None for answers in all_answers for a in answers),
         "questions_without_answer": sum(r["vote"] is None for r in records),
         "ties": sum(r["tie"] for r in records),
-        "finish_reasons": _count(s["finish_reason"] for r in records for s in r["samples"]),
+        "finish_reasons": dict(collections.Counter(s["finish_reason"] for r in records for s in r["samples"])),
         "sampler": dict(sampler.stats),
     }
     if task.answer_type == "drop":
@@ -143,13 +143,6 @@ def _mode_metrics(mode: str, task: Task, records: list[dict[str, Any]], all_answ
         result["calibration"] = metrics.calibration_bins([r["vote_share"] for r in records], correct,
                                                          num_bins=config.calibration_bins)
     return result
-
-
-def _count(items: Iterable[str]) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for item in items:
-        counts[item] = counts.get(item, 0) + 1
-    return counts
 
 
 def evaluate(task: Task, lm: LanguageModel, params: Any, vocab: Any, max_length: int, config: EvalConfig,
@@ -200,13 +193,4 @@ def format_summary(all_metrics: dict[str, Any]) -> str:
 
 def load_predictions(path: str | os.PathLike) -> list[dict[str, Any]]:
     """Reads a predictions.jsonl; a malformed line is an error naming the file and line."""
-    records = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{number}: malformed JSON ({e.msg}).") from None
-    return records
+    return [record for _, record in read_jsonl(path)]

@@ -1,15 +1,18 @@
-"""Atomic file writes: write to a temporary name in the same folder, fsync, then rename over the target.
+"""File IO shared by every stage: atomic writes and the one JSONL reader.
 
-A reader (or a restarted run) therefore sees either the old file or the complete new one, never a partial file.
+Writes go to a temporary name in the same folder, are fsynced, then renamed over the target, so a reader (or a
+restarted run) sees either the old file or the complete new one, never a partial file. Reads name the file and
+line of any malformed record.
 """
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import pathlib
 import tempfile
-from typing import Any, Iterable
+from typing import IO, Any, Iterable, Iterator
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> pathlib.Path:
@@ -50,3 +53,27 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, (set, frozenset, tuple)):
         return list(value)
     raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+def open_text(path: str | os.PathLike) -> IO[str]:
+    """A UTF-8 text file, transparently gunzipped when its name ends in .gz."""
+    path = pathlib.Path(path)
+    if path.suffix == ".gz":
+        return gzip.open(path, "rt", encoding="utf-8")
+    return open(path, encoding="utf-8")
+
+
+def read_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) for each non-blank line; a line that is not a JSON object is a ValueError naming the file
+    and the line."""
+    with open_text(path) as f:
+        for line_no, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{line_no}: malformed JSON line ({e.msg} at column {e.colno}).") from None
+            if not isinstance(record, dict):
+                raise ValueError(f"{path}:{line_no}: expected a JSON object, got {type(record).__name__}.")
+            yield line_no, record

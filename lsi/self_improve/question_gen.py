@@ -12,7 +12,6 @@ Exemplars: greedy zero-shot "Let's think step by step." rationales on pool quest
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import pathlib
 import random
@@ -22,11 +21,11 @@ from typing import Any, Sequence
 
 from lsi.batch_decoding import BatchSampler, SampleRequest
 from lsi.decoding import Greedy, LanguageModel, Temperature
-from lsi.io_utils import write_json_atomic, write_jsonl_atomic
+from lsi.io_utils import read_jsonl, write_json_atomic, write_jsonl_atomic
 from lsi.self_improve.manifest import environment
 from lsi.self_improve.sampling import load_pool
 from lsi.self_improve.voting import vote_answers
-from lsi.tasks.answers import answer_sentence, parse_answer
+from lsi.tasks.answers import display_answer, parse_answer
 from lsi.tasks.base import Exemplar, ExemplarSet, Task
 from lsi.tasks.prompting import PromptFormat, build_prompt, stop_strings
 
@@ -172,8 +171,8 @@ def generate_exemplars(task: Task, lm: LanguageModel, params: Any, vocab: Any, m
         if answer is None or not rationale:
             skipped += 1
             continue
-        shown = answer_sentence(answer, task.answer_type).removeprefix("The answer is ").rstrip(".")
-        exemplars.append(Exemplar(by_id[completion.example_id].question, rationale, shown))
+        exemplars.append(Exemplar(by_id[completion.example_id].question, rationale,
+                                  display_answer(answer, task.answer_type)))
     exemplars.sort(key=lambda e: e.question)
     random.Random(config.seed + 1).shuffle(exemplars)
     if len(exemplars) < needed:
@@ -212,5 +211,4 @@ def rotating_task(task: Task, exemplar_files: Sequence[str | os.PathLike]) -> Ta
 
 
 def read_generated_pool(path: str | os.PathLike) -> list[dict[str, Any]]:
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+    return [record for _, record in read_jsonl(path)]

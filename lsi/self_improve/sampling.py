@@ -23,7 +23,7 @@ from typing import Any, Sequence
 
 from lsi.batch_decoding import BatchSampler, SampleRequest
 from lsi.decoding import LanguageModel, Temperature
-from lsi.io_utils import write_json_atomic, write_text_atomic
+from lsi.io_utils import read_jsonl, write_json_atomic, write_text_atomic
 from lsi.self_improve.manifest import environment, file_sha256
 from lsi.tasks.answers import parse_answer
 from lsi.tasks.base import Example, Task, check_unique_ids
@@ -82,20 +82,18 @@ def pool_fingerprint(questions: Sequence[Example]) -> str:
 
 
 def read_shard(path: pathlib.Path) -> list[dict[str, Any]]:
-    """All sample records of a shard; a malformed or truncated line is an error naming the file and line."""
+    """All sample records of a shard; a truncated last line (a crash mid-write), a malformed line or a missing field
+    is an error naming the file and line."""
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        last_line = data.count(b"\n") + 1
+        raise ValueError(f"{path}:{last_line}: truncated last line (the shard was cut off mid-write).")
     records = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.endswith("\n"):
-                raise ValueError(f"{path}:{number}: truncated last line (the shard was cut off mid-write).")
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{number}: malformed JSON ({e.msg}).") from None
-            missing = [k for k in SAMPLE_FIELDS if k not in record]
-            if missing:
-                raise ValueError(f"{path}:{number}: missing field(s) {', '.join(missing)}.")
-            records.append(record)
+    for number, record in read_jsonl(path):
+        missing = [k for k in SAMPLE_FIELDS if k not in record]
+        if missing:
+            raise ValueError(f"{path}:{number}: missing field(s) {', '.join(missing)}.")
+        records.append(record)
     return records
 
 

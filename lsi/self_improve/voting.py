@@ -14,7 +14,7 @@ import pathlib
 import time
 from typing import TYPE_CHECKING, Sequence
 
-from lsi.io_utils import write_json_atomic, write_text_atomic
+from lsi.io_utils import read_jsonl, write_json_atomic, write_text_atomic
 from lsi.self_improve.manifest import environment, file_sha256
 from lsi.tasks.answers import answers_equal
 
@@ -160,12 +160,4 @@ def run_vote_stage(task: Task, samples_dir: str | os.PathLike, output_dir: str |
 
 def read_pseudo_labels(path: str | os.PathLike) -> list[dict]:
     """pseudo_labels.jsonl records; a malformed line is an error naming the file and line."""
-
-    records = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{number}: malformed JSON ({e.msg}).") from None
-    return records
+    return [record for _, record in read_jsonl(path)]

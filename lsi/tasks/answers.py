@@ -577,16 +577,20 @@ def answers_equal(a: str | None, b: str | None, answer_type: str) -> bool:
     return ca == cb
 
 
-def answer_sentence(answer: Any, answer_type: str, prefix: str = "The answer is") -> str:
-    """The sentence that states `answer` in a target or exemplar: "The answer is 9.", "The answer is (b).",
-    "So the answer is Puerto Rican." (DROP text keeps its casing; numbers are canonical)."""
+def display_answer(answer: Any, answer_type: str) -> str:
+    """`answer` as an answer sentence writes it: "9", "(b)", "Puerto Rican" (DROP text keeps its casing; numbers
+    are canonical)."""
     canonical = canonicalize(answer, answer_type)
     if canonical is None:
         raise ValueError(f"Cannot write {answer!r} as a {answer_type!r} answer.")
     if answer_type == "option":
-        shown = f"({canonical})"
-    elif answer_type == "drop" and _as_fraction(canonical) is None:
-        shown = re.sub(r"\s+", " ", str(answer)).strip().rstrip(".!?")
-    else:
-        shown = canonical
-    return f"{prefix} {shown}."
+        return f"({canonical})"
+    if answer_type == "drop" and _as_fraction(canonical) is None:
+        return re.sub(r"\s+", " ", str(answer)).strip().rstrip(".!?")
+    return canonical
+
+
+def answer_sentence(answer: Any, answer_type: str, prefix: str = "The answer is") -> str:
+    """The sentence that states `answer` in a target or exemplar: "The answer is 9.", "The answer is (b).",
+    "So the answer is Puerto Rican."."""
+    return f"{prefix} {display_answer(answer, answer_type)}."

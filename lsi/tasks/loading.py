@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import functools
-import gzip
 import hashlib
 import json
 import os
@@ -17,6 +16,7 @@ import random
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+from lsi.io_utils import open_text, read_jsonl  # noqa: F401 - read_jsonl is part of this module's reader set
 from lsi.tasks.answers import normalize_gold
 from lsi.tasks.base import PROMPTS_DIR, Example, ExemplarSet, Task, check_unique_ids
 
@@ -25,29 +25,6 @@ _MISSING = object()
 
 class EvalOnlyTaskError(ValueError):
     """Raised when the pool of an evaluation-only task (SVAMP, AQuA, MNLI: out-of-domain in the paper) is asked for."""
-
-
-def open_text(path: str | os.PathLike):
-    path = pathlib.Path(path)
-    if path.suffix == ".gz":
-        return gzip.open(path, "rt", encoding="utf-8")
-    return open(path, encoding="utf-8")
-
-
-def read_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(line number, object) for each non-blank line; a line that is not a JSON object is a ValueError naming the file
-    and the line."""
-    with open_text(path) as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{line_no}: malformed JSON line ({e.msg} at column {e.colno}).") from None
-            if not isinstance(record, dict):
-                raise ValueError(f"{path}:{line_no}: expected a JSON object, got {type(record).__name__}.")
-            yield line_no, record
 
 
 def read_json_array(path: str | os.PathLike) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -218,6 +195,15 @@ def make_task(
         description=description,
         **kwargs,
     )
+
+
+def eval_only_task(name: str, answer_type: str, load_eval: Callable[[], list[Example]], exemplars: str, *,
+                   seed: int = 0, eval_size: int | None = None, description: str = "") -> Task:
+    """An out-of-domain task of the paper (SVAMP, AQuA, MNLI): an eval split, a prompt, and a pool that raises
+    `EvalOnlyTaskError` when asked for."""
+    return make_task(name, answer_type, eval_only_pool(name, "out-of-domain in the paper"), load_eval,
+                     {"default": load_exemplars(exemplars)}, seed=seed, eval_size=eval_size,
+                     description=description)
 
 
 def assert_disjoint(pool: Sequence[Example], evaluation: Sequence[Example], task_name: str,

@@ -94,21 +94,13 @@ def gsm8k(data_dir=None, seed=0, pool_size=None, eval_size=None) -> Task:
 
 def svamp(data_dir=None, seed=0, pool_size=None, eval_size=None) -> Task:
     del pool_size
-    return loading.make_task(
-        "svamp", "number",
-        loading.eval_only_pool("svamp", "out-of-domain in the paper"), lambda: load_svamp(data_dir),
-        {"default": loading.load_exemplars("gsm8k")},
-        seed=seed, eval_size=eval_size,
-        description="SVAMP (1,000), evaluation only, prompted with the GSM8K exemplars.",
-    )
+    return loading.eval_only_task("svamp", "number", lambda: load_svamp(data_dir), "gsm8k", seed=seed,
+                                  eval_size=eval_size,
+                                  description="SVAMP (1,000), evaluation only, prompted with the GSM8K exemplars.")
 
 
 def aqua(data_dir=None, seed=0, pool_size=None, eval_size=None) -> Task:
     del pool_size
-    return loading.make_task(
-        "aqua", "option",
-        loading.eval_only_pool("aqua", "out-of-domain in the paper"), lambda: load_aqua(data_dir),
-        {"default": loading.load_exemplars("aqua")},
-        seed=seed, eval_size=eval_size,
-        description="AQuA-RAT test (254), evaluation only, own 4-shot prompt, options (a)-(e).",
-    )
+    return loading.eval_only_task(
+        "aqua", "option", lambda: load_aqua(data_dir), "aqua", seed=seed, eval_size=eval_size,
+        description="AQuA-RAT test (254), evaluation only, own 4-shot prompt, options (a)-(e).")

@@ -110,10 +110,5 @@ def anli(round_: int):
 
 def mnli(data_dir=None, seed=0, pool_size=None, eval_size=None) -> Task:
     del pool_size
-    return loading.make_task(
-        "mnli", "nli",
-        loading.eval_only_pool("mnli", "out-of-domain in the paper"), lambda: load_mnli(data_dir),
-        {"default": loading.load_exemplars("nli")},
-        seed=seed, eval_size=eval_size,
-        description="MNLI matched dev (9,815), evaluation only, NLI prompt.",
-    )
+    return loading.eval_only_task("mnli", "nli", lambda: load_mnli(data_dir), "nli", seed=seed, eval_size=eval_size,
+                                  description="MNLI matched dev (9,815), evaluation only, NLI prompt.")

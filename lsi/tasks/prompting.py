@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import enum
 
+from lsi.tasks.answers import answer_sentence
 from lsi.tasks.base import ExemplarSet
 
 STEP_BY_STEP = "Let's think step by step."
@@ -38,8 +39,9 @@ class PromptFormat(str, enum.Enum):
 ALL_FORMATS = tuple(PromptFormat)
 
 
-def answer_sentence(answer: str, prefix: str = DIRECT_ANSWER_PREFIX) -> str:
-    """'The answer is 9.' (no doubled period when the answer already ends with one)."""
+def plain_answer_sentence(answer: str, prefix: str = DIRECT_ANSWER_PREFIX) -> str:
+    """'The answer is 9.' for an answer already written as it should read (an exemplar's "(b)" or "21 yards"); no
+    doubled period. Model answers go through `lsi.tasks.answers.answer_sentence`, which canonicalises by type."""
     answer = answer.strip()
     return f"{prefix} {answer}" + ("" if answer.endswith(".") else ".")
 
@@ -47,9 +49,9 @@ def answer_sentence(answer: str, prefix: str = DIRECT_ANSWER_PREFIX) -> str:
 def exemplar_block(exemplars: ExemplarSet, index: int, cot: bool) -> str:
     e = exemplars.exemplars[index]
     if cot:
-        body = f"{e.rationale} {answer_sentence(e.answer, exemplars.answer_prefix)}"
+        body = f"{e.rationale} {plain_answer_sentence(e.answer, exemplars.answer_prefix)}"
     else:
-        body = answer_sentence(e.answer, DIRECT_ANSWER_PREFIX)
+        body = plain_answer_sentence(e.answer, DIRECT_ANSWER_PREFIX)
     return f"{exemplars.question_prefix}{e.question}\nA: {body}\n"
 
 
@@ -75,10 +77,8 @@ def build_target(fmt: PromptFormat | str, rationale: str, answer: str, answer_ty
     """The training target that follows the prompt: the kept reasoning path for CoT formats (which already ends in
     its answer sentence), 'The answer is X.' for direct formats (X written as the answer type writes it, e.g.
     '(b)'). Starts with a space, as text after 'A:' does."""
-    from lsi.tasks.answers import answer_sentence as typed_answer_sentence  # noqa: PLC0415 - avoids an import cycle
-
     fmt = PromptFormat(fmt)
-    text = rationale.strip() if fmt.is_cot else typed_answer_sentence(answer, answer_type, DIRECT_ANSWER_PREFIX)
+    text = rationale.strip() if fmt.is_cot else answer_sentence(answer, answer_type, DIRECT_ANSWER_PREFIX)
     return " " + text
 
 

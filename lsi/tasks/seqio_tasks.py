@@ -24,7 +24,7 @@ import tensorflow as tf
 from lsi.tasks import answers
 from lsi.tasks.base import Example, Task
 from lsi.tasks.prompting import DIRECT_ANSWER_PREFIX, PromptFormat, build_prompt
-from lsi.tasks.prompting import answer_sentence as plain_answer_sentence
+from lsi.tasks.prompting import plain_answer_sentence
 
 SPLITS = ("pool", "eval")
 
