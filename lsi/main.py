@@ -106,13 +106,8 @@ def run_stage(experiment: Experiment, stage: str, eval_tag: str = "base", eval_m
     if stage == "vote":
         return run_vote_stage(task, experiment.path / "samples", experiment.path / "votes", experiment.vote)
     if stage == "format":
-        manifest = run_format_stage(task, experiment.path / "votes" / "pseudo_labels.jsonl",
-                                    experiment.path / "formats", experiment.format)
-        from lsi.vocab import load_vocabulary  # noqa: PLC0415
-
-        register_formatted_task(experiment.formatted_task_name, experiment.path / "formats",
-                                load_vocabulary(experiment.model))
-        return manifest
+        return run_format_stage(task, experiment.path / "votes" / "pseudo_labels.jsonl",
+                                experiment.path / "formats", experiment.format)
     if stage == "train":
         from lsi.training.trainer import finetune  # noqa: PLC0415
         from lsi.vocab import load_vocabulary  # noqa: PLC0415

@@ -17,7 +17,7 @@ from typing import Any, Iterator, Sequence
 from lsi.io_utils import write_json_atomic
 from lsi.self_improve.manifest import environment, file_sha256
 from lsi.self_improve.voting import read_pseudo_labels
-from lsi.tasks.base import Task
+from lsi.tasks.base import Example, Task
 from lsi.tasks.prompting import PromptFormat, build_prompt, build_target
 
 FORMAT_PRESETS: dict[str, tuple[PromptFormat, ...]] = {
@@ -44,8 +44,6 @@ class FormatStageConfig:
 def training_examples(task: Task, pseudo_labels: Sequence[dict[str, Any]],
                       formats: Sequence[PromptFormat]) -> Iterator[dict[str, Any]]:
     """(inputs, targets) text pairs: for each question, each kept path, each format (paper order)."""
-    from lsi.tasks.base import Example  # noqa: PLC0415
-
     for label in pseudo_labels:
         example = Example(label["question_id"], label["question"])
         exemplars = task.exemplars_for(example)

@@ -12,6 +12,7 @@ Exemplars: greedy zero-shot "Let's think step by step." rationales on pool quest
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import pathlib
 import random
@@ -196,8 +197,6 @@ def generate_exemplars(task: Task, lm: LanguageModel, params: Any, vocab: Any, m
 def rotating_task(task: Task, exemplar_files: Sequence[str | os.PathLike]) -> Task:
     """The task prompted with generated exemplar sets, each question assigned one by a stable hash of its id, so
     the sampler still shares one prompt cache across a question's samples."""
-    import hashlib  # noqa: PLC0415
-
     sets = {f"generated_{i:02d}": ExemplarSet.from_file(p) for i, p in enumerate(exemplar_files)}
     names = sorted(sets)
 

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Sequence
 
 from lsi.io_utils import read_jsonl, write_json_atomic, write_text_atomic
 from lsi.self_improve.manifest import environment, file_sha256
+from lsi.self_improve.sampling import load_pool, read_samples
 from lsi.tasks.answers import answers_equal
 
 if TYPE_CHECKING:
@@ -117,8 +118,6 @@ def pseudo_label(question_id: str, question: str, samples: Sequence[dict], answe
 def run_vote_stage(task: Task, samples_dir: str | os.PathLike, output_dir: str | os.PathLike,
                    config: VoteStageConfig = VoteStageConfig()) -> dict:
     """Votes every question of a complete sample stage; writes pseudo_labels.jsonl and manifest.json."""
-    from lsi.self_improve.sampling import load_pool, read_samples  # noqa: PLC0415 - sampling imports the sampler
-
     start = time.perf_counter()
     samples_dir, output_dir = pathlib.Path(samples_dir), pathlib.Path(output_dir)
     sampling = json.loads((samples_dir / "sampling_config.json").read_text())
