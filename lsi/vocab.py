@@ -15,7 +15,6 @@ import hashlib
 import json
 import os
 import pathlib
-import tempfile
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -26,7 +25,10 @@ import tensorflow as tf
 import tokenizers
 from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers, processors
 
+from lsi.checkpoints.gguf_file import open_gguf
+from lsi.checkpoints.layout import CheckpointError
 from lsi.checkpoints.registry import resolve_model_path
+from lsi.io_utils import write_text_atomic
 
 TOKENIZER_JSON = "tokenizer.json"
 SENTENCEPIECE_MODEL = "tokenizer.model"
@@ -120,9 +122,9 @@ class HfTokenizerVocabulary(seqio.Vocabulary):
         """The byte-level BPE tokenizer a GGUF file embeds (llama.cpp's `tokenizer.ggml.*` metadata)."""
         path = pathlib.Path(path)
         try:
-            fields = gguf.GGUFReader(path).fields
-        except ValueError as e:
-            raise VocabularyError(f"{path}: not a readable GGUF file: {e}") from e
+            fields = open_gguf(path).fields
+        except CheckpointError as e:
+            raise VocabularyError(str(e)) from e
 
         def optional(key: str, default: Any = None) -> Any:
             return fields[key].contents() if key in fields else default
@@ -269,12 +271,12 @@ class HfTokenizerVocabulary(seqio.Vocabulary):
         transformers' `AutoTokenizer` both read back."""
         directory = pathlib.Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        _write_atomic(directory / TOKENIZER_JSON, self._tokenizer.to_str())
+        write_text_atomic(directory / TOKENIZER_JSON, self._tokenizer.to_str())
         config: dict[str, Any] = {"tokenizer_class": "PreTrainedTokenizerFast"}
         for name, token_id in (("bos", self._bos_id), ("eos", self._eos_id), ("unk", self._unk_id)):
             if token_id is not None:
                 config[f"{name}_token"] = self.id_to_token(token_id)
-        _write_atomic(directory / _TOKENIZER_CONFIG, json.dumps(config, indent=2) + "\n")
+        write_text_atomic(directory / _TOKENIZER_CONFIG, json.dumps(config, indent=2) + "\n")
         return directory
 
     # ----- internals -----
@@ -368,13 +370,6 @@ def _read_json(path: pathlib.Path) -> dict[str, Any]:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise VocabularyError(f"{path}: not valid JSON: {e}") from e
-
-
-def _write_atomic(path: pathlib.Path, text: str) -> None:
-    """Write to a temporary file beside `path`, then rename, so a reader never sees half a file."""
-    with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=path.parent, delete=False, suffix=".tmp") as f:
-        f.write(text)
-    os.replace(f.name, path)
 
 
 def load_vocabulary(path_or_name: str | os.PathLike) -> seqio.Vocabulary:
