@@ -12,7 +12,6 @@ Exemplars: greedy zero-shot "Let's think step by step." rationales on pool quest
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 import pathlib
 import random
@@ -28,6 +27,7 @@ from lsi.self_improve.sampling import load_pool
 from lsi.self_improve.voting import vote_answers
 from lsi.tasks.answers import display_answer, parse_answer
 from lsi.tasks.base import Exemplar, ExemplarSet, Task
+from lsi.tasks.loading import stable_hash
 from lsi.tasks.prompting import PromptFormat, build_prompt, stop_strings
 
 _ANSWER_SENTENCE = re.compile(r"(?:so\s+)?the\s+answer\s+is\b", re.IGNORECASE)
@@ -201,8 +201,7 @@ def rotating_task(task: Task, exemplar_files: Sequence[str | os.PathLike]) -> Ta
     names = sorted(sets)
 
     def choose(example: Any) -> str:
-        digest = hashlib.sha256(example.id.encode("utf-8")).digest()
-        return names[int.from_bytes(digest[:4], "little") % len(names)]
+        return names[stable_hash(example.id) % len(names)]
 
     rotated = task.with_exemplars(sets)
     rotated.choose_exemplars = choose
