@@ -71,10 +71,11 @@ class SampleOutput:
 class LanguageModel(Protocol):
     """What the sampler needs from a model: a prefill and a one-token decode step over a shared-prefix cache."""
 
-    def prefill(self, params: Any, tokens: Array, lengths: Array, num_samples: int, max_new: int
-                ) -> tuple[Array, Any]:
+    def prefill(self, params: Any, tokens: Array, lengths: Array, num_samples: int, max_new: int,
+                context_tokens: Array | None = None) -> tuple[Array, Any]:
         """tokens [batch, length] right-padded, lengths [batch] -> (logits of the last prompt token [batch, vocab],
-        cache for `num_samples` continuations of up to `max_new` tokens)."""
+        cache for `num_samples` continuations of up to `max_new` tokens). `context_tokens` [context_len], when
+        given, precede every row (a shared few-shot prompt); positions then start at context_len."""
 
     def decode(self, params: Any, tokens: Array, positions: Array, cache: Any) -> tuple[Array, Any]:
         """tokens, positions [batch, samples] -> (logits [batch, samples, vocab], updated cache)."""
@@ -86,14 +87,29 @@ class TransformerLM:
 
     config: TransformerConfig
 
-    def prefill(self, params: Any, tokens: Array, lengths: Array, num_samples: int, max_new: int
-                ) -> tuple[Array, DecodeCache]:
+    def prefill(self, params: Any, tokens: Array, lengths: Array, num_samples: int, max_new: int,
+                context_tokens: Array | None = None) -> tuple[Array, DecodeCache]:
         batch, length = tokens.shape
+        model = Transformer(self.config)
         mask = jnp.arange(length)[None, :] < lengths[:, None]  # [batch, length]
-        positions = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
-        logits, (k, v) = Transformer(self.config).apply(
-            {"params": params}, tokens, positions, mask.astype(jnp.int32), return_kv=True, logits_at=lengths - 1
-        )
+        offset = 0 if context_tokens is None else context_tokens.shape[0]
+        positions = jnp.broadcast_to(jnp.arange(offset, offset + length, dtype=jnp.int32), (batch, length))
+        context = None
+        if context_tokens is not None:
+            # The shared prompt once, as a batch of one row; its logits are not needed (one row is computed).
+            _, (context_k, context_v) = model.apply({"params": params}, context_tokens[None], return_kv=True,
+                                                    logits_at=jnp.zeros((1,), jnp.int32))
+            context = (context_k[:, 0], context_v[:, 0])  # each [layers, context_len, kv_heads, head_dim]
+        logits, (k, v) = model.apply({"params": params}, tokens, positions, mask.astype(jnp.int32), return_kv=True,
+                                     logits_at=lengths - 1, context=context)
+        if context is not None:
+            # Every row's decode prefix is context + own tokens; the copy costs memory, not compute (a decode step
+            # reads each row's prefix once either way).
+            k = jnp.concatenate([jnp.broadcast_to(context[0][:, None], (k.shape[0], batch, *context[0].shape[1:])),
+                                 k], axis=2)
+            v = jnp.concatenate([jnp.broadcast_to(context[1][:, None], (v.shape[0], batch, *context[1].shape[1:])),
+                                 v], axis=2)
+            mask = jnp.concatenate([jnp.ones((batch, offset), bool), mask], axis=1)
         return logits, init_decode_cache(k, v, mask, num_samples, max_new)
 
     def decode(self, params: Any, tokens: Array, positions: Array, cache: DecodeCache) -> tuple[Array, DecodeCache]:
@@ -209,11 +225,13 @@ def temperature_sample(
     eos_ids: Sequence[int] = (),
     stop_sequences: Sequence[Sequence[int]] = (),
     pad_id: int = 0,
+    context_tokens: Array | None = None,
 ) -> SampleOutput:
     """Samples `num_samples` continuations of each prompt (traceable: jit it, see `make_sampler`).
 
     prompt_tokens: int32 [batch, prompt_len] right-padded; prompt_lengths: int32 [batch] (>= 1);
-    example_ids: int [batch] stable ids that seed each prompt's random streams.
+    example_ids: int [batch] stable ids that seed each prompt's random streams;
+    context_tokens: optional int32 [context_len] that precede every prompt (prefilled once for the batch).
     The loop is a `lax.while_loop` that exits as soon as every sample has hit EOS or a stop sequence.
     """
     if num_samples < 1:
@@ -244,7 +262,13 @@ def temperature_sample(
         return state.replace(step=step, tokens=tokens, log_probs=log_probs, done=state.done | hit_eos | hit_stop,
                              lengths=lengths, finish_reason=reason)
 
-    first_logits, cache = lm.prefill(params, prompt_tokens, prompt_lengths, num_samples, max_new_tokens)
+    if context_tokens is None:
+        first_logits, cache = lm.prefill(params, prompt_tokens, prompt_lengths, num_samples, max_new_tokens)
+        offset = 0
+    else:
+        first_logits, cache = lm.prefill(params, prompt_tokens, prompt_lengths, num_samples, max_new_tokens,
+                                         context_tokens=context_tokens)
+        offset = context_tokens.shape[0]
     first_logits = jnp.broadcast_to(first_logits[:, None, :], (batch, num_samples, first_logits.shape[-1]))
     state = _LoopState(
         step=jnp.zeros((), jnp.int32),
@@ -262,7 +286,7 @@ def temperature_sample(
 
     def body(state: _LoopState) -> _LoopState:
         previous = jax.lax.dynamic_index_in_dim(state.tokens, state.step, axis=2, keepdims=False)
-        positions = prompt_lengths[:, None] + state.step  # RoPE position of `previous`
+        positions = offset + prompt_lengths[:, None] + state.step  # RoPE position of `previous`
         logits, cache = lm.decode(params, previous, jnp.broadcast_to(positions, shape).astype(jnp.int32),
                                   state.cache)
         return choose(state.replace(cache=cache), logits.astype(jnp.float32), state.step + 1)
@@ -285,19 +309,20 @@ class SamplerSpec:
 
 
 def make_sampler(lm: LanguageModel, spec: SamplerSpec, mesh: jax.sharding.Mesh | None = None):
-    """A jitted `(params, prompt_tokens, prompt_lengths, example_ids, seed) -> SampleOutput`.
+    """A jitted `(params, prompt_tokens, prompt_lengths, example_ids, seed, context_tokens=None) -> SampleOutput`.
 
     With a mesh, activations are constrained by their logical axes (prompts and samples data-parallel, heads and
     mlp tensor-parallel); params must already be placed with `lsi.partitioning.shard_tree`.
     """
 
-    def run(params: Any, prompt_tokens: Array, prompt_lengths: Array, example_ids: Array, seed: Array
-            ) -> SampleOutput:
+    def run(params: Any, prompt_tokens: Array, prompt_lengths: Array, example_ids: Array, seed: Array,
+            context_tokens: Array | None = None) -> SampleOutput:
         with activation_sharding(mesh):
             return temperature_sample(
                 lm, params, prompt_tokens, prompt_lengths, example_ids, seed=seed,
                 num_samples=spec.num_samples, max_new_tokens=spec.max_new_tokens, method=spec.method,
                 eos_ids=spec.eos_ids, stop_sequences=spec.stop_sequences, pad_id=spec.pad_id,
+                context_tokens=context_tokens,
             )
 
     return jax.jit(run)

@@ -12,7 +12,7 @@ from lsi.batch_decoding import (
     example_seed_id,
     stop_token_sequences,
 )
-from lsi.decoding import SamplerSpec, Temperature, TransformerLM, make_sampler
+from lsi.decoding import Greedy, SamplerSpec, Temperature, TransformerLM, make_sampler
 from lsi.models import get_config, init_params
 from lsi.vocab import load_vocabulary
 
@@ -100,3 +100,25 @@ def test_bad_prompts_name_the_example(model, vocab):
 def test_sampler_spec_is_hashable_for_compilation_caching():
     spec = SamplerSpec(4, 8, Temperature(0.7, 40), (2,), ((1, 2),))
     assert hash(spec) == hash(SamplerSpec(4, 8, Temperature(0.7, 40), (2,), ((1, 2),)))
+
+
+def test_shared_prefix_prefill_equals_full_prefill(model, vocab):
+    """Few-shot prompts share their exemplars; prefilling them once per batch changes nothing but float rounding."""
+    cfg, _ = model
+    exemplars = "".join(f"Q: What is {a} + {b}?\nA: {a} + {b} = {a + b}. The answer is {a + b}.\n\n"
+                        for a, b in [(2, 3), (10, 4), (6, 6)])
+    requests = [SampleRequest(f"q{i}", exemplars + text) for i, text in enumerate(QUESTIONS)]
+    greedy = dict(method=Greedy(), num_samples=1, max_new_tokens=8, eos_ids=())
+    full = {c.example_id: c for c in _sampler(model, vocab, shared_prefix_block=0, **greedy).run(requests)}
+    shared_sampler = _sampler(model, vocab, shared_prefix_block=8, **greedy)
+    shared = {c.example_id: c for c in shared_sampler.run(requests)}
+    common = len(vocab.encode(exemplars))
+    assert shared_sampler.stats["shared_prefix_tokens"] >= 2 * (common - 8)  # two batches, each shares the exemplars
+    for key in full:
+        assert shared[key].token_ids == full[key].token_ids
+        assert shared[key].prompt_tokens == full[key].prompt_tokens
+        np.testing.assert_allclose(shared[key].sum_log_probs, full[key].sum_log_probs, atol=1e-4)
+    # Sampling: the same random streams, so the same tokens.
+    sampled_full = {c.example_id: c for c in _sampler(model, vocab, shared_prefix_block=0).run(requests)}
+    sampled_shared = {c.example_id: c for c in _sampler(model, vocab, shared_prefix_block=8).run(requests)}
+    assert all(sampled_full[k].token_ids == sampled_shared[k].token_ids for k in sampled_full)

@@ -73,6 +73,22 @@ def test_prefill_then_decode_equals_full_forward(name):
     np.testing.assert_allclose(np.stack(stepped, 1), full[:, prompt_len:], atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("name", ["gqa", "palm", "blocked_attention"])
+def test_rows_behind_a_shared_context_equal_the_full_sequence(name):
+    """A context (the shared few-shot prompt) prefilled once and attended to by every row of a padded batch."""
+    cfg = CONFIGS[name]
+    model = Transformer(cfg)
+    params = init_params(cfg, jax.random.PRNGKey(7))
+    context = _random_tokens((5,), cfg.vocab_size, seed=1)
+    suffixes = _random_tokens((2, 7), cfg.vocab_size, seed=2)
+    full = _forward(cfg)(params, jnp.concatenate([jnp.broadcast_to(context, (2, 5)), suffixes], axis=1))
+    _, (k, v) = model.apply({"params": params}, context[None], return_kv=True)
+    segments = jnp.asarray([[1] * 7, [1] * 4 + [0] * 3], jnp.int32)  # the second row is right-padded
+    behind = model.apply({"params": params}, suffixes, None, segments, context=(k[:, 0], v[:, 0]))
+    np.testing.assert_allclose(behind[0], full[0, 5:], atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(behind[1, :4], full[1, 5:9], atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("side", ["left", "right"])
 def test_padded_batch_rows_equal_rows_alone(side):
     cfg = CONFIGS["gqa"]

@@ -190,10 +190,14 @@ class Attention(nn.Module):
         merged = attended.reshape(*attended.shape[:-3], cfg.num_heads, cfg.head_dim).astype(cfg.dtype)
         return jnp.einsum("...hk,hkd->...d", merged, self.out.astype(cfg.dtype))
 
-    def __call__(self, x: Array, positions: Array, segment_ids: Array) -> tuple[Array, tuple[Array, Array]]:
+    def __call__(self, x: Array, positions: Array, segment_ids: Array,
+                 context: tuple[Array, Array] | None = None) -> tuple[Array, tuple[Array, Array]]:
         """Full-sequence causal attention within segments; segment id 0 marks padding.
 
         x: [batch, length, embed]; positions, segment_ids: [batch, length].
+        context: optional (k, v), each [context_len, kv_heads, hd]: keys and values of tokens that precede every
+        row (a few-shot prompt shared by a batch of questions), attended to by every query. Positions then continue
+        after the context.
         Returns the output [batch, length, embed] and this layer's (k, v), each [batch, length, kv_heads, hd].
         """
         q, k, v = self._project(x, positions)
@@ -204,12 +208,13 @@ class Attention(nn.Module):
         block = self.config.attention_block
         starts = range(0, length, block) if block and length > block else [0]
         q = self._grouped(q)  # [batch, length, kv_heads, group, hd]
-        attended = [self._attend_block(q, k, v, segment_ids, start, min(start + (block or length), length))
+        attended = [self._attend_block(q, k, v, segment_ids, start, min(start + (block or length), length), context)
                     for start in starts]
         attended = attended[0] if len(attended) == 1 else jnp.concatenate(attended, axis=1)
         return self._output(attended), (k, v)
 
-    def _attend_block(self, q: Array, k: Array, v: Array, segment_ids: Array, start: int, end: int) -> Array:
+    def _attend_block(self, q: Array, k: Array, v: Array, segment_ids: Array, start: int, end: int,
+                      context: tuple[Array, Array] | None) -> Array:
         """Queries [start, end) against keys [0, end): causal attention never needs the keys after a block, so
         blocking skips about half of the score matrix (and its softmax) that a full [length, length] pass masks.
 
@@ -221,8 +226,15 @@ class Attention(nn.Module):
         query_segment, key_segment = segment_ids[:, start:end], segment_ids[:, :end]
         allowed = causal[None] & (query_segment[:, :, None] == key_segment[:, None, :]) & (key_segment[:, None, :] != 0)
         logits = jnp.where(allowed[:, None, None], logits, _MASK_VALUE)  # [batch, kv_heads, group, query, key]
-        weights = jax.nn.softmax(logits, axis=-1).astype(self.config.dtype)
-        return jnp.einsum("bkgts,bskd->btkgd", weights, v_seen)
+        if context is None:
+            weights = jax.nn.softmax(logits, axis=-1).astype(self.config.dtype)
+            return jnp.einsum("bkgts,bskd->btkgd", weights, v_seen)
+        context_k, context_v = context  # [context_len, kv_heads, hd]
+        context_logits = jnp.einsum("btkgd,ckd->bkgtc", q_block, context_k, preferred_element_type=jnp.float32)
+        weights = jax.nn.softmax(jnp.concatenate([context_logits, logits], axis=-1), axis=-1)
+        w_context, w_seen = jnp.split(weights.astype(self.config.dtype), [context_k.shape[0]], axis=-1)
+        return (jnp.einsum("bkgtc,ckd->btkgd", w_context, context_v)
+                + jnp.einsum("bkgts,bskd->btkgd", w_seen, v_seen))
 
     def decode(self, x: Array, positions: Array, layer_cache: tuple[Array, ...], prefix_mask: Array,
                index: Array) -> tuple[Array, tuple[Array, Array]]:
@@ -278,25 +290,26 @@ class MLP(nn.Module):
 class Block(nn.Module):
     """One layer; `nn.scan` stacks them.
 
-    With `layer_cache=None` it runs the full sequence (`shared` = positions, segment_ids); otherwise it decodes one
-    token per sample (`shared` = positions, prefix_mask, index; `layer_cache` = this layer's slice of the cache).
+    With `shared` = (positions, segment_ids) it runs the full sequence, and `layer_inputs` is None or this layer's
+    shared-context (k, v). With `shared` = (positions, prefix_mask, index) it decodes one token per sample, and
+    `layer_inputs` is this layer's slice of the decode cache.
     """
 
     config: TransformerConfig
 
     @nn.compact
-    def __call__(self, x: Array, shared: tuple[Array, ...], layer_cache: tuple[Array, ...] | None
+    def __call__(self, x: Array, shared: tuple[Array, ...], layer_inputs: tuple[Array, ...] | None
                  ) -> tuple[Array, tuple[Array, Array]]:
         cfg = self.config
         attention = Attention(cfg, name="attention")
         normed = Norm(cfg, name="pre_attention_norm")(x)
-        if layer_cache is None:
+        if len(shared) == 2:
             positions, segment_ids = shared
-            attended, kv = attention(normed, positions, segment_ids)
+            attended, kv = attention(normed, positions, segment_ids, layer_inputs)
             batch_axes = ("batch", "length")
         else:
             positions, prefix_mask, index = shared
-            attended, kv = attention.decode(normed, positions, layer_cache, prefix_mask, index)
+            attended, kv = attention.decode(normed, positions, layer_inputs, prefix_mask, index)
             batch_axes = ("batch", "samples")
         mlp = MLP(cfg, name="mlp")
         if cfg.parallel_block:
@@ -359,21 +372,26 @@ class Transformer(nn.Module):
         return logits
 
     def __call__(self, tokens: Array, positions: Array | None = None, segment_ids: Array | None = None,
-                 return_kv: bool = False, logits_at: Array | None = None
-                 ) -> Array | tuple[Array, tuple[Array, Array]]:
-        """tokens: int32 [batch, length]. positions default to 0..length-1; segment_ids to all ones (0 = padding).
+                 return_kv: bool = False, logits_at: Array | None = None,
+                 context: tuple[Array, Array] | None = None) -> Array | tuple[Array, tuple[Array, Array]]:
+        """tokens: int32 [batch, length]. positions default to 0..length-1 (after the context, if any);
+        segment_ids to all ones (0 = padding).
 
+        context: optional (k, v) of every layer, each [layers, context_len, kv_heads, head_dim], for tokens that
+        precede every row (see `Attention.__call__`); a prefill of many questions behind one few-shot prompt
+        computes that prompt once instead of once per row.
         Returns float32 logits [batch, length, vocab], or [batch, vocab] at the positions `logits_at` ([batch]
         int32) only (a prefill needs one row of logits, not length x vocab of them); with `return_kv`, also
         (k, v) of every layer, each [layers, batch, length, kv_heads, head_dim], for `init_decode_cache`.
         """
         batch, length = tokens.shape
         if positions is None:
-            positions = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
+            offset = 0 if context is None else context[0].shape[1]
+            positions = jnp.broadcast_to(jnp.arange(offset, offset + length, dtype=jnp.int32), (batch, length))
         if segment_ids is None:
             segment_ids = jnp.ones((batch, length), jnp.int32)
         x = constrain(self._embed(tokens), ("batch", "length", "embed"))
-        x, kv = self.layers(x, (positions, segment_ids), None)
+        x, kv = self.layers(x, (positions, segment_ids), context)
         if logits_at is not None:
             x = jnp.take_along_axis(x, logits_at[:, None, None].astype(jnp.int32), axis=1)[:, 0]  # [batch, embed]
             return (constrain(self._logits(x), ("batch", "vocab")), kv) if return_kv else self._logits(x)
