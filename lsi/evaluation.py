@@ -8,6 +8,7 @@
 Each mode writes `<output_dir>/<mode>/predictions.jsonl` (one line per question: id, prompt hash, every sample's
 text / parsed answer / finish reason, the vote and its share, gold, correct) and all modes share
 `<output_dir>/metrics.json` (accuracy with N and a 95% interval, accuracy at several m, calibration bins, counts).
+A rerun with the same config on the same questions keeps the modes already complete.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import hashlib
+import json
 import os
 import pathlib
 import time
@@ -157,7 +159,11 @@ def evaluate(task: Task, lm: LanguageModel, params: Any, vocab: Any, max_length:
         raise ValueError(f"Task {task.name}: the eval split is empty.")
     all_metrics: dict[str, Any] = {"task": task.name, "answer_type": task.answer_type, "config":
                                    dataclasses.asdict(config), "modes": {}}
+    done = _complete_modes(output_dir, all_metrics, examples)
     for mode in config.modes:
+        if mode in done:
+            all_metrics["modes"][mode] = done[mode]
+            continue
         fmt = PromptFormat.FEW_SHOT_DIRECT if mode == "standard" else PromptFormat.FEW_SHOT_COT
         greedy = mode != "self_consistency"
         sampler = BatchSampler(
@@ -179,6 +185,29 @@ def evaluate(task: Task, lm: LanguageModel, params: Any, vocab: Any, max_length:
         all_metrics["modes"][mode] = mode_metrics
         write_json_atomic(output_dir / "metrics.json", all_metrics)
     return all_metrics
+
+
+def _complete_modes(output_dir: pathlib.Path, fresh: dict[str, Any], examples: Sequence[Example]
+                    ) -> dict[str, Any]:
+    """Modes a previous run of the same config already finished on the same questions (a rerun keeps them)."""
+    path = output_dir / "metrics.json"
+    if not path.exists():
+        return {}
+    try:
+        previous = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON ({err}); delete it to evaluate again.") from None
+    same_run = {k: previous.get(k) for k in ("task", "answer_type", "config")} == json.loads(json.dumps(
+        {k: fresh[k] for k in ("task", "answer_type", "config")}))
+    if not same_run:
+        return {}
+    ids = [e.id for e in examples]
+    done = {}
+    for mode, result in previous.get("modes", {}).items():
+        predictions = output_dir / mode / "predictions.jsonl"
+        if predictions.exists() and [r["id"] for r in load_predictions(predictions)] == ids:
+            done[mode] = result
+    return done
 
 
 def format_summary(all_metrics: dict[str, Any]) -> str:

@@ -1,23 +1,27 @@
 r"""Entry point: `python -m lsi.main --gin_file=... --gin_param=... --stage=...` (absl flags + gin, like t5x).
 
-Stages read and write files under the experiment's `run_dir`, so each can be rerun, resumed and inspected:
+Stages read and write files under the experiment's `run_dir`, so each can be rerun, resumed and inspected. Round r
+of self-improvement lives in `round_<r>/`; `--round` picks it for the single stages:
 
-    sample   run_dir/samples/     samples-*.jsonl + manifest.json    (resumable by shard)
-    vote     run_dir/votes/       pseudo_labels.jsonl + manifest.json
-    format   run_dir/formats/     examples-*.tfrecord + manifest.json (a SeqIO task)
-    train    run_dir/train/       Orbax checkpoints, metrics.jsonl, hf/ (the fine-tuned model, resumable)
-    eval     run_dir/eval/<tag>/  */predictions.jsonl + metrics.json (--eval_model=trained: the train stage's hf/)
+    sample        round_<r>/<task>/samples/   samples-*.jsonl + manifest.json     (resumable by shard)
+    vote          round_<r>/<task>/votes/     pseudo_labels.jsonl + manifest.json
+    format        round_<r>/<task>/formats/   examples-*.tfrecord + manifest.json (a SeqIO task per task)
+    train         round_<r>/train/            Orbax checkpoints, metrics.jsonl, hf/ (resumable; all train tasks
+                                                as one SeqIO mixture)
+    eval          eval/<tag>/<task>/          <mode>/predictions.jsonl + metrics.json (complete modes are kept)
+    self_improve  all of the above: eval "base", then for r = 1..num_rounds: sample (with round r-1's model),
+                  vote, format, train (from round r-1's model), eval "round_<r>"; then summary.json and the report
+    report        report/report.md + PNG plots (lsi.report)
 
-Example (the tiny arithmetic run used in the README):
+Rerunning a killed command resumes it: complete shards, eval modes and checkpoints are kept. Example:
 
-    python -m lsi.main --gin_file=gin_configs/runs/quickstart.gin --stage=eval \
-        --gin_param="Experiment.run_dir='/tmp/lsi_run'"
+    python -m lsi.main --gin_file=gin_configs/runs/quickstart.gin --stage=self_improve \
+        --gin_param="lsi.Experiment.run_dir='runs/quickstart'"
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import logging
 import pathlib
@@ -28,14 +32,15 @@ import gin
 from lsi import partitioning
 from lsi.decoding import TransformerLM
 from lsi.evaluation import EvalConfig, evaluate, format_summary
+from lsi.io_utils import write_json_atomic, write_text_atomic
 from lsi.partitioning import MeshConfig
-from lsi.self_improve.formats import FormatStageConfig, register_formatted_task, run_format_stage
+from lsi.self_improve.formats import FormatStageConfig, register_formatted_task, register_mixture, run_format_stage
 from lsi.self_improve.sampling import SampleStageConfig, run_sample_stage
 from lsi.self_improve.voting import VoteStageConfig, run_vote_stage
 from lsi.training.optimizers import OptimizerConfig
 from lsi.training.trainer import TrainConfig
 
-STAGES = ("sample", "vote", "format", "train", "eval")
+STAGES = ("sample", "vote", "format", "train", "eval", "self_improve", "report")
 
 for _config_class in (SampleStageConfig, VoteStageConfig, FormatStageConfig, EvalConfig, MeshConfig, TrainConfig,
                       OptimizerConfig):
@@ -49,8 +54,15 @@ class Experiment:
 
     run_dir: str = gin.REQUIRED
     model: str = "smollm2-135m-instruct"  # a packaged model name, a HF directory or a .gguf file
+    teacher: str | None = None  # Table 7: round 1 samples with this model; `model` is fine-tuned on its data
     task: str = "arithmetic"
-    task_kwargs: dict = dataclasses.field(default_factory=dict)
+    task_kwargs: dict = dataclasses.field(default_factory=dict)  # for `task` only
+    train_tasks: tuple[str, ...] = ()  # () = (task,); several are sampled separately and trained as one mixture
+    eval_tasks: tuple[str, ...] = ()  # () = the train tasks; list out-of-domain tasks here (Table 4)
+    num_rounds: int = 1
+    eval_before: bool = True  # self_improve evaluates the base model first (eval tag "base")
+    sweep_temperatures: tuple[float, ...] = ()  # Figure 4: self-consistency at these T, before and after
+    distributed: bool = False  # jax.distributed.initialize() first (multi-host pods, multi-process runs)
     mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
     sample: SampleStageConfig = dataclasses.field(default_factory=SampleStageConfig)
     vote: VoteStageConfig = dataclasses.field(default_factory=VoteStageConfig)
@@ -58,77 +70,219 @@ class Experiment:
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
 
+    def __post_init__(self) -> None:
+        if self.num_rounds < 1:
+            raise ValueError(f"num_rounds must be >= 1, got {self.num_rounds}.")
+        self._tasks: dict[str, Any] = {}
+        self._loaded: tuple[str, tuple[Any, Any, Any, Any]] | None = None
+
     @property
     def path(self) -> pathlib.Path:
         return pathlib.Path(self.run_dir)
 
     @property
-    def trained_model(self) -> pathlib.Path:
-        return self.path / "train" / "hf"
+    def training_tasks(self) -> tuple[str, ...]:
+        return tuple(self.train_tasks) or (self.task,)
 
     @property
-    def formatted_task_name(self) -> str:
-        return f"lsi_self_improve_{self.task_obj.name}"
+    def evaluation_tasks(self) -> tuple[str, ...]:
+        return tuple(self.eval_tasks) or self.training_tasks
 
-    @functools.cached_property
-    def task_obj(self) -> Any:
+    def round_dir(self, round_index: int) -> pathlib.Path:
+        if round_index < 1:
+            raise ValueError(f"Rounds count from 1, got {round_index}.")
+        return self.path / f"round_{round_index}"
+
+    def stage_dir(self, round_index: int, task: str, stage: str) -> pathlib.Path:
+        return self.round_dir(round_index) / self.task_obj(task).name / stage
+
+    def trained_model(self, round_index: int) -> pathlib.Path:
+        return self.round_dir(round_index) / "train" / "hf"
+
+    def sampling_model(self, round_index: int) -> str:
+        """Round 1 samples with the teacher (distillation) or the base model; round r with round r-1's model."""
+        if round_index == 1:
+            return self.teacher or self.model
+        return str(self.trained_model(round_index - 1))
+
+    def starting_model(self, round_index: int) -> str:
+        """Round r fine-tunes round r-1's model (round 1: the base model)."""
+        return self.model if round_index == 1 else str(self.trained_model(round_index - 1))
+
+    def formatted_task_name(self, round_index: int, task: str) -> str:
+        return f"lsi_{self.path.name}_round{round_index}_{self.task_obj(task).name}"
+
+    def task_obj(self, name: str | None = None) -> Any:
+        """The task called `name` (default: `task`), built once; `task_kwargs` apply to `task` only."""
         from lsi.tasks import get_task  # noqa: PLC0415
 
-        return get_task(self.task, **self.task_kwargs)
+        name = name or self.task
+        if name not in self._tasks:
+            self._tasks[name] = get_task(name, **(self.task_kwargs if name == self.task else {}))
+        return self._tasks[name]
 
-    @functools.cached_property
-    def loaded_model(self) -> tuple[Any, Any, Any, Any]:
-        """(TransformerLM, params placed on the mesh, vocabulary, mesh) of the base model."""
-        return self.load_model(self.model)
-
-    def load_model(self, checkpoint: str | pathlib.Path) -> tuple[Any, Any, Any, Any]:
+    def loaded_model(self, checkpoint: str) -> tuple[Any, Any, Any, Any]:
+        """(TransformerLM, params placed on the mesh, vocabulary, mesh) of a checkpoint. Only the last one loaded is
+        kept: a self-improvement run moves from the base model to each round's model and never back."""
         from lsi.checkpoints import load_checkpoint  # noqa: PLC0415
         from lsi.models import param_logical_axes  # noqa: PLC0415
         from lsi.vocab import load_vocabulary  # noqa: PLC0415
 
-        cfg, params = load_checkpoint(checkpoint)
-        mesh = partitioning.make_mesh(self.mesh)
-        params = partitioning.shard_tree(params, param_logical_axes(cfg), mesh)
-        return TransformerLM(cfg), params, load_vocabulary(checkpoint), mesh
+        if self._loaded is None or self._loaded[0] != str(checkpoint):
+            self._loaded = None  # release the previous model before loading the next
+            cfg, params = load_checkpoint(checkpoint)
+            mesh = partitioning.make_mesh(self.mesh)
+            params = partitioning.shard_tree(params, param_logical_axes(cfg), mesh)
+            self._loaded = (str(checkpoint), (TransformerLM(cfg), params, load_vocabulary(checkpoint), mesh))
+        return self._loaded[1]
 
 
-def run_stage(experiment: Experiment, stage: str, eval_tag: str = "base", eval_model: str = "base"
-              ) -> dict[str, Any]:
-    """Runs one stage and returns its manifest or metrics. `eval_model`: "base", "trained" or a checkpoint path."""
-    task = experiment.task_obj
+def resolve_eval_model(experiment: Experiment, eval_model: str, round_index: int) -> str:
+    """--eval_model: "base", "trained" (round `round_index`'s fine-tuned model) or a checkpoint path/name."""
+    if eval_model == "base":
+        return experiment.model
+    if eval_model == "trained":
+        return str(experiment.trained_model(round_index))
+    return eval_model
+
+
+def run_eval(experiment: Experiment, tag: str, checkpoint: str, config: EvalConfig | None = None
+             ) -> dict[str, Any]:
+    """Evaluates `checkpoint` on every eval task into eval/<tag>/<task>/; returns {task: metrics}."""
+    lm, params, vocab, mesh = experiment.loaded_model(checkpoint)
+    results = {}
+    for name in experiment.evaluation_tasks:
+        task = experiment.task_obj(name)
+        results[task.name] = evaluate(task, lm, params, vocab, lm.config.max_length, config or experiment.eval,
+                                      experiment.path / "eval" / tag / task.name, mesh=mesh)
+        print(f"[{tag}] {format_summary(results[task.name])}", flush=True)
+    return results
+
+
+def run_stage(experiment: Experiment, stage: str, eval_tag: str | None = None, eval_model: str = "base",
+              round_index: int = 1) -> dict[str, Any]:
+    """Runs one stage and returns its manifest or metrics (keyed by task where a stage covers several)."""
     if stage == "sample":
-        lm, params, vocab, mesh = experiment.loaded_model
         import jax  # noqa: PLC0415
 
-        return run_sample_stage(task, lm, params, vocab, lm.config.max_length, experiment.sample,
-                                experiment.path / "samples", mesh=mesh, model_id=experiment.model,
-                                process_index=jax.process_index(), process_count=jax.process_count())
+        lm, params, vocab, mesh = experiment.loaded_model(experiment.sampling_model(round_index))
+        return {name: run_sample_stage(experiment.task_obj(name), lm, params, vocab, lm.config.max_length,
+                                       experiment.sample, experiment.stage_dir(round_index, name, "samples"),
+                                       mesh=mesh, model_id=experiment.sampling_model(round_index),
+                                       process_index=jax.process_index(), process_count=jax.process_count())
+                for name in experiment.training_tasks}
     if stage == "vote":
-        return run_vote_stage(task, experiment.path / "samples", experiment.path / "votes", experiment.vote)
+        return {name: run_vote_stage(experiment.task_obj(name), experiment.stage_dir(round_index, name, "samples"),
+                                     experiment.stage_dir(round_index, name, "votes"), experiment.vote)
+                for name in experiment.training_tasks}
     if stage == "format":
-        return run_format_stage(task, experiment.path / "votes" / "pseudo_labels.jsonl",
-                                experiment.path / "formats", experiment.format)
+        return {name: run_format_stage(experiment.task_obj(name),
+                                       experiment.stage_dir(round_index, name, "votes") / "pseudo_labels.jsonl",
+                                       experiment.stage_dir(round_index, name, "formats"), experiment.format)
+                for name in experiment.training_tasks}
     if stage == "train":
-        from lsi.training.trainer import finetune  # noqa: PLC0415
-        from lsi.vocab import load_vocabulary  # noqa: PLC0415
-
-        vocab = load_vocabulary(experiment.model)
-        name = register_formatted_task(experiment.formatted_task_name, experiment.path / "formats", vocab)
-        return finetune(experiment.train, experiment.model, name, experiment.path / "train", vocab)
+        return run_train(experiment, round_index)
     if stage == "eval":
-        if eval_model == "base":
-            lm, params, vocab, mesh = experiment.loaded_model
-        else:
-            checkpoint = experiment.trained_model if eval_model == "trained" else pathlib.Path(eval_model)
-            lm, params, vocab, mesh = experiment.load_model(checkpoint)
-        metrics = evaluate(task, lm, params, vocab, lm.config.max_length, experiment.eval,
-                           experiment.path / "eval" / eval_tag, mesh=mesh)
-        print(format_summary(metrics))
-        return metrics
+        checkpoint = resolve_eval_model(experiment, eval_model, round_index)
+        tag = eval_tag or ("base" if eval_model == "base" else f"round_{round_index}")
+        return run_eval(experiment, tag, checkpoint)
+    if stage == "self_improve":
+        return self_improve(experiment)
+    if stage == "report":
+        from lsi.report import write_report  # noqa: PLC0415
+
+        return {"report": str(write_report(experiment.path))}
     raise ValueError(f"Unknown stage {stage!r}; known: {', '.join(STAGES)}.")
 
 
+def run_train(experiment: Experiment, round_index: int) -> dict[str, Any]:
+    """Fine-tunes round r's starting model on the formatted data of every train task (one mixture if several)."""
+    from lsi.training.trainer import finetune  # noqa: PLC0415
+    from lsi.vocab import load_vocabulary  # noqa: PLC0415
+
+    start = experiment.starting_model(round_index)
+    vocab = load_vocabulary(start)
+    formats = {experiment.formatted_task_name(round_index, name): experiment.stage_dir(round_index, name, "formats")
+               for name in experiment.training_tasks}
+    for name, directory in formats.items():
+        register_formatted_task(name, directory, vocab)
+    if len(formats) == 1:
+        data_name = next(iter(formats))
+    else:
+        data_name = register_mixture(f"lsi_{experiment.path.name}_round{round_index}_mixture", formats)
+    return finetune(experiment.train, start, data_name, experiment.round_dir(round_index) / "train", vocab)
+
+
+def _temperature_tag(tag: str, temperature: float) -> str:
+    return f"{tag}_t{temperature:g}"
+
+
+def self_improve(experiment: Experiment) -> dict[str, Any]:
+    """The whole method: evaluate, then `num_rounds` of sample -> vote -> format -> train -> evaluate; a summary of
+    before/after accuracy in summary.json and the report. Every step keeps complete work, so a rerun resumes."""
+    summary: dict[str, Any] = {"rounds": {}, "eval": {}}
+    sweep_config = dataclasses.replace(experiment.eval, modes=("self_consistency",))
+
+    def evaluate_tag(tag: str, checkpoint: str) -> None:
+        summary["eval"][tag] = _accuracies(run_eval(experiment, tag, checkpoint))
+        for temperature in experiment.sweep_temperatures:
+            sweep_tag = _temperature_tag(tag, temperature)
+            summary["eval"][sweep_tag] = _accuracies(run_eval(
+                experiment, sweep_tag, checkpoint, dataclasses.replace(sweep_config, temperature=temperature)))
+
+    if experiment.eval_before:
+        evaluate_tag("base", experiment.model)
+    for round_index in range(1, experiment.num_rounds + 1):
+        counts = {}
+        for stage in ("sample", "vote", "format"):
+            counts[stage] = {task: result.get("counts") for task, result in
+                             run_stage(experiment, stage, round_index=round_index).items()}
+        trained = run_train(experiment, round_index)
+        counts["train"] = {"steps": trained["steps"], "final_metrics": trained["final_metrics"]}
+        summary["rounds"][str(round_index)] = counts
+        evaluate_tag(f"round_{round_index}", str(experiment.trained_model(round_index)))
+    write_json_atomic(experiment.path / "summary.json", summary)
+    from lsi.report import format_before_after, write_report  # noqa: PLC0415
+
+    summary["report"] = str(write_report(experiment.path))
+    print(format_before_after(experiment.path), flush=True)
+    print(f"Report: {summary['report']}", flush=True)
+    return summary
+
+
+def _accuracies(results: dict[str, Any]) -> dict[str, Any]:
+    return {task: {mode: result["accuracy"] for mode, result in metrics["modes"].items()}
+            for task, metrics in results.items()}
+
+
+def abstract_plan(experiment: Experiment, num_devices: int) -> dict[str, Any]:
+    """Sizes the experiment's model, train state and mesh for `num_devices` without allocating anything: the
+    parameter count and the bytes of parameters and optimizer state each device would hold."""
+    from lsi.checkpoints import load_checkpoint  # noqa: PLC0415
+    from lsi.models import config_names, get_config  # noqa: PLC0415
+    from lsi.training.optimizers import make_optimizer  # noqa: PLC0415
+    from lsi.training.trainer import state_axes_and_abstract  # noqa: PLC0415
+
+    cfg = get_config(experiment.model) if experiment.model in config_names() else load_checkpoint(experiment.model)[0]
+    shape = experiment.mesh.shape(num_devices)
+    mesh = partitioning.make_abstract_mesh(shape)
+    axes, abstract = state_axes_and_abstract(cfg, make_optimizer(experiment.train.optimizer))
+    return {
+        "model": experiment.model,
+        "num_params": cfg.num_params,
+        "mesh_shape": dict(zip(partitioning.MESH_AXES, shape)),
+        "param_bytes_per_device": partitioning.per_device_bytes(abstract.params, axes.params, mesh),
+        "optimizer_bytes_per_device": partitioning.per_device_bytes(abstract.opt_state, axes.opt_state, mesh),
+    }
+
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
 def parse_gin(gin_files: Sequence[str], gin_params: Sequence[str]) -> None:
+    """Gin files and bindings, in order. `include 'gin_configs/...'` lines resolve against the working directory
+    first, then the lsi checkout, so run files work from anywhere."""
+    gin.add_config_file_search_path(str(REPO_ROOT))
     gin.parse_config_files_and_bindings(list(gin_files), list(gin_params),
                                         skip_unknown=False, finalize_config=False)
 
@@ -140,9 +294,16 @@ def main(argv: Sequence[str]) -> None:
     args = flags.FLAGS
     parse_gin(args.gin_file, args.gin_param)
     experiment = Experiment()
+    if experiment.distributed:
+        import jax  # noqa: PLC0415
+
+        jax.distributed.initialize()
+    experiment.path.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(experiment.path / "config.gin", gin.config_str())
     for stage in args.stage:
-        result = run_stage(experiment, stage, args.eval_tag, args.eval_model)
-        logging.info("stage %s done: %s", stage, json.dumps(result.get("counts", {}), default=str))
+        result = run_stage(experiment, stage, args.eval_tag, args.eval_model, args.round)
+        logging.info("stage %s done: %s", stage, json.dumps(
+            {k: v.get("counts") if isinstance(v, dict) else v for k, v in result.items()}, default=str)[:2000])
 
 
 def _define_flags() -> None:
@@ -150,9 +311,11 @@ def _define_flags() -> None:
 
     flags.DEFINE_multi_string("gin_file", [], "Gin config files, applied in order.")
     flags.DEFINE_multi_string("gin_param", [], "Gin bindings, applied after the files.")
-    flags.DEFINE_multi_enum("stage", ["eval"], list(STAGES), "Stages to run, in order.")
-    flags.DEFINE_string("eval_tag", "base", "Sub-folder of run_dir/eval/ for this evaluation.")
-    flags.DEFINE_string("eval_model", "base", "Model to evaluate: base, trained (run_dir/train/hf) or a path.")
+    flags.DEFINE_multi_enum("stage", ["self_improve"], list(STAGES), "Stages to run, in order.")
+    flags.DEFINE_integer("round", 1, "Self-improvement round of the sample/vote/format/train stages (from 1).")
+    flags.DEFINE_string("eval_tag", None, "Sub-folder of run_dir/eval/ (default: base, or round_<r> for trained).")
+    flags.DEFINE_string("eval_model", "base", "Model to evaluate: base, trained (the round's fine-tuned model) "
+                        "or a checkpoint path/name.")
 
 
 def console_main() -> None:

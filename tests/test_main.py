@@ -63,25 +63,43 @@ def test_stages_run_in_order_through_the_entry_point(tiny_checkpoint, tmp_path):
         "lsi.TrainConfig.progress_bar = False",
     ])
     experiment = Experiment()
-    manifest = run_stage(experiment, "sample")
+    manifest = run_stage(experiment, "sample")["arithmetic"]
     assert manifest["counts"]["samples_expected"] == 12
-    assert run_stage(experiment, "vote")["counts"]["questions"] == 4
+    assert run_stage(experiment, "vote")["arithmetic"]["counts"]["questions"] == 4
     # A random model answers nothing parseable, so no pseudo-labels exist: write two by hand to feed the next stages.
     labels = [{"question_id": f"x{i}", "question": f"What is {i} + 1?", "answer": str(i + 1), "vote_count": 2,
                "num_parsed": 2, "num_samples": 3, "vote_share": 2 / 3, "vote_share_of_parsed": 1.0, "tie": False,
                "paths": [{"sample_index": 0, "text": f" {i} + 1 = {i + 1}. The answer is {i + 1}."}]}
               for i in range(2)]
-    (tmp_path / "votes" / "pseudo_labels.jsonl").write_text("".join(json.dumps(r) + "\n" for r in labels))
-    formats = run_stage(experiment, "format")
+    round_dir = tmp_path / "round_1" / "arithmetic"
+    (round_dir / "votes" / "pseudo_labels.jsonl").write_text("".join(json.dumps(r) + "\n" for r in labels))
+    formats = run_stage(experiment, "format")["arithmetic"]
     trained = run_stage(experiment, "train")
-    assert trained["steps"] == 2 and (tmp_path / "train" / "hf" / "config.json").exists()
+    assert trained["steps"] == 2 and (tmp_path / "round_1" / "train" / "hf" / "config.json").exists()
     assert formats["counts"]["examples"] == 4 * formats["counts"]["kept_paths"]
-    after = run_stage(experiment, "eval", eval_tag="after", eval_model="trained")
+    after = run_stage(experiment, "eval", eval_model="trained")["arithmetic"]
     assert after["modes"]["cot_greedy"]["accuracy"]["n"] == 3
-    metrics = run_stage(experiment, "eval", eval_tag="before")
-    assert json.loads((tmp_path / "eval" / "before" / "metrics.json").read_text()) == json.loads(
+    assert (tmp_path / "eval" / "round_1" / "arithmetic" / "self_consistency" / "predictions.jsonl").exists()
+    metrics = run_stage(experiment, "eval", eval_tag="before")["arithmetic"]
+    assert json.loads((tmp_path / "eval" / "before" / "arithmetic" / "metrics.json").read_text()) == json.loads(
         json.dumps(metrics, default=str))
-    assert sorted(p.name for p in (tmp_path / "samples").glob("samples-*")) == [
+    assert sorted(p.name for p in (round_dir / "samples").glob("samples-*")) == [
         "samples-00000-of-00002.jsonl", "samples-00001-of-00002.jsonl"]
     with pytest.raises(ValueError, match="Unknown stage"):
         run_stage(experiment, "fly")
+
+
+def test_a_rerun_keeps_complete_eval_modes(tiny_checkpoint, tmp_path, monkeypatch):
+    parse_gin([], [
+        f"lsi.Experiment.run_dir = '{tmp_path}'",
+        f"lsi.Experiment.model = '{tiny_checkpoint}'",
+        "lsi.Experiment.task_kwargs = {'pool_size': 4, 'eval_size': 3}",
+        "lsi.Experiment.eval = @lsi.EvalConfig()",
+        "lsi.EvalConfig.modes = ('cot_greedy',)",
+        "lsi.EvalConfig.max_new_tokens = 4",
+    ])
+    experiment = Experiment()
+    first = run_stage(experiment, "eval")
+    monkeypatch.setattr("lsi.evaluation.BatchSampler.run", lambda *a, **k: pytest.fail("re-sampled a done mode"))
+    normalised = lambda result: json.loads(json.dumps(result, default=str))  # noqa: E731
+    assert normalised(run_stage(experiment, "eval")) == normalised(first)
