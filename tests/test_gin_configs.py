@@ -90,6 +90,9 @@ def test_run_file_binds_a_whole_experiment(path):
                        ("train", TrainConfig), ("eval", EvalConfig)):
         assert isinstance(getattr(experiment, field), cls), field
     experiment.format.resolved_formats()
+    # The train stage builds its mesh from TrainConfig.mesh, the other stages from Experiment.mesh: one shape.
+    mesh = experiment.mesh
+    assert tuple(experiment.train.mesh) == (mesh.data, mesh.fsdp, mesh.tensor)
     assert experiment.num_rounds >= 1
     assert all(t > 0 for t in experiment.sweep_temperatures)
     assert isinstance(experiment.distributed, bool)
