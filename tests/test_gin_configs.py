@@ -34,7 +34,6 @@ V4_1024_CHIPS = 512  # "v4-1024" counts TensorCores; a v4 chip (two cores, one J
 RUN_DIR = "/tmp/lsi_gin_configs_test"
 
 
-
 def _rel(path: pathlib.Path) -> str:
     return str(path.relative_to(REPO))
 
@@ -111,7 +110,7 @@ def test_run_files_start_with_the_t5x_comment_block():
 
 def test_includes_resolve_from_the_repository_root():
     for path in [*RUNS, *PARTS]:
-        for included in re.findall(r"^include '([^']+)'", path.read_text(), flags=re.M):
+        for included in re.findall(r"^include '([^']+)'", path.read_text(), flags=re.MULTILINE):
             assert (REPO / included).is_file(), f"{path.name}: include {included}"
 
 
@@ -136,7 +135,8 @@ def test_paper_setting_is_the_papers():
                                           ("anli_a3", "anli_r3")])
 def test_table3_trains_and_evaluates_one_dataset(dataset, task):
     experiment = bind(GIN / "runs" / f"table3_{dataset}.gin")
-    assert experiment.task == task and experiment.train_tasks in ((), (task,)) and experiment.eval_tasks in ((), (task,))
+    assert experiment.task == task
+    assert experiment.training_tasks == experiment.evaluation_tasks == (task,)
     assert experiment.model == "palm_540b" and experiment.sample.num_samples == 32
 
 
@@ -221,7 +221,7 @@ def test_tpu_pod_dry_run_prints_the_command_for_every_worker():
 def test_tpu_pod_refuses_a_run_dir_the_workers_cannot_share():
     for run_dir in ("gs://bucket/run", "relative/run"):
         result = subprocess.run(["bash", str(LAUNCHERS[0]), "--dry-run", "--tpu=t", "--zone=z", f"--run_dir={run_dir}"],
-                                capture_output=True, text=True)
+                                capture_output=True, text=True, check=False)
         assert result.returncode == 2 and "run_dir" in result.stderr
 
 
