@@ -25,8 +25,9 @@ install: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -n 2 --dist loadfile -q tests $(PYTEST_ARGS)
 
+# The demo runs on the real CPU devices (XLA_FLAGS cleared: simulated devices would only split the two cores).
 demo: $(STAMP)
-	$(PY) -m lsi.main --gin_file=gin_configs/runs/quickstart.gin
+	XLA_FLAGS= $(PY) -m lsi.main --gin_file=gin_configs/runs/quickstart.gin --stage=self_improve
 
 bench: $(STAMP)
 	$(PY) benchmarks/forward.py

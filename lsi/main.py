@@ -25,9 +25,11 @@ import dataclasses
 import json
 import logging
 import pathlib
+import time
 from typing import Any, Sequence
 
 import gin
+import jax
 
 from lsi import partitioning
 from lsi.decoding import TransformerLM
@@ -63,6 +65,11 @@ class Experiment:
     eval_before: bool = True  # self_improve evaluates the base model first (eval tag "base")
     sweep_temperatures: tuple[float, ...] = ()  # Figure 4: self-consistency at these T, before and after
     distributed: bool = False  # jax.distributed.initialize() first (multi-host pods, multi-process runs)
+    # Where auto-detection does not apply (CPU processes, a bare GPU cluster): the coordinator "host:port", the
+    # number of processes and this process's id. None lets JAX detect them (TPU pods, SLURM, Open MPI).
+    coordinator_address: str | None = None
+    num_processes: int | None = None
+    process_id: int | None = None
     mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
     sample: SampleStageConfig = dataclasses.field(default_factory=SampleStageConfig)
     vote: VoteStageConfig = dataclasses.field(default_factory=VoteStageConfig)
@@ -131,7 +138,9 @@ class Experiment:
         if self._loaded is None or self._loaded[0] != str(checkpoint):
             self._loaded = None  # release the previous model before loading the next
             cfg, params = load_checkpoint(checkpoint)
-            mesh = partitioning.make_mesh(self.mesh)
+            # Sampling and evaluation are split by question across processes, so each process's model lives on its
+            # own devices; only training spans every process's devices.
+            mesh = partitioning.make_mesh(self.mesh, devices=jax.local_devices())
             params = partitioning.shard_tree(params, param_logical_axes(cfg), mesh)
             self._loaded = (str(checkpoint), (TransformerLM(cfg), params, load_vocabulary(checkpoint), mesh))
         return self._loaded[1]
@@ -163,13 +172,12 @@ def run_stage(experiment: Experiment, stage: str, eval_tag: str | None = None, e
               round_index: int = 1) -> dict[str, Any]:
     """Runs one stage and returns its manifest or metrics (keyed by task where a stage covers several)."""
     if stage == "sample":
-        import jax  # noqa: PLC0415
-
         lm, params, vocab, mesh = experiment.loaded_model(experiment.sampling_model(round_index))
         return {name: run_sample_stage(experiment.task_obj(name), lm, params, vocab, lm.config.max_length,
                                        experiment.sample, experiment.stage_dir(round_index, name, "samples"),
                                        mesh=mesh, model_id=experiment.sampling_model(round_index),
-                                       process_index=jax.process_index(), process_count=jax.process_count())
+                                       process_index=jax.process_index(), process_count=jax.process_count(),
+                                       wait_for_all_processes=lambda: _wait_for_all_processes("sample"))
                 for name in experiment.training_tasks}
     if stage == "vote":
         return {name: run_vote_stage(experiment.task_obj(name), experiment.stage_dir(round_index, name, "samples"),
@@ -195,6 +203,13 @@ def run_stage(experiment: Experiment, stage: str, eval_tag: str | None = None, e
     raise ValueError(f"Unknown stage {stage!r}; known: {', '.join(STAGES)}.")
 
 
+def _wait_for_all_processes(name: str) -> None:
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils  # noqa: PLC0415
+
+        multihost_utils.sync_global_devices(name)
+
+
 def run_train(experiment: Experiment, round_index: int) -> dict[str, Any]:
     """Fine-tunes round r's starting model on the formatted data of every train task (one mixture if several)."""
     from lsi.training.trainer import finetune  # noqa: PLC0415
@@ -210,7 +225,8 @@ def run_train(experiment: Experiment, round_index: int) -> dict[str, Any]:
         data_name = next(iter(formats))
     else:
         data_name = register_mixture(f"lsi_{experiment.path.name}_round{round_index}_mixture", formats)
-    return finetune(experiment.train, start, data_name, experiment.round_dir(round_index) / "train", vocab)
+    return finetune(experiment.train, start, data_name, experiment.round_dir(round_index) / "train", vocab,
+                    mesh=partitioning.make_mesh(experiment.mesh))
 
 
 def _temperature_tag(tag: str, temperature: float) -> str:
@@ -220,6 +236,7 @@ def _temperature_tag(tag: str, temperature: float) -> str:
 def self_improve(experiment: Experiment) -> dict[str, Any]:
     """The whole method: evaluate, then `num_rounds` of sample -> vote -> format -> train -> evaluate; a summary of
     before/after accuracy in summary.json and the report. Every step keeps complete work, so a rerun resumes."""
+    start = time.perf_counter()
     summary: dict[str, Any] = {"rounds": {}, "eval": {}}
     sweep_config = dataclasses.replace(experiment.eval, modes=("self_consistency",))
 
@@ -241,12 +258,14 @@ def self_improve(experiment: Experiment) -> dict[str, Any]:
         counts["train"] = {"steps": trained["steps"], "final_metrics": trained["final_metrics"]}
         summary["rounds"][str(round_index)] = counts
         evaluate_tag(f"round_{round_index}", str(experiment.trained_model(round_index)))
+    # Wall time of this invocation: a resumed run counts only the work it did.
+    summary["seconds"] = time.perf_counter() - start
     write_json_atomic(experiment.path / "summary.json", summary)
     from lsi.report import format_before_after, write_report  # noqa: PLC0415
 
     summary["report"] = str(write_report(experiment.path))
     print(format_before_after(experiment.path), flush=True)
-    print(f"Report: {summary['report']}", flush=True)
+    print(f"Report: {summary['report']}\nWall time: {summary['seconds'] / 60:.1f} min", flush=True)
     return summary
 
 
@@ -259,7 +278,7 @@ def abstract_plan(experiment: Experiment, num_devices: int) -> dict[str, Any]:
     """Sizes the experiment's model, train state and mesh for `num_devices` without allocating anything: the
     parameter count and the bytes of parameters and optimizer state each device would hold."""
     from lsi.checkpoints import load_checkpoint  # noqa: PLC0415
-    from lsi.models import config_names, get_config  # noqa: PLC0415
+    from lsi.models.configs import config_names, get_config  # noqa: PLC0415
     from lsi.training.optimizers import make_optimizer  # noqa: PLC0415
     from lsi.training.trainer import state_axes_and_abstract  # noqa: PLC0415
 
@@ -277,12 +296,15 @@ def abstract_plan(experiment: Experiment, num_devices: int) -> dict[str, Any]:
 
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+_SEARCH_PATH_ADDED: list[bool] = []  # gin keeps search paths for the process; add ours once
 
 
 def parse_gin(gin_files: Sequence[str], gin_params: Sequence[str]) -> None:
     """Gin files and bindings, in order. `include 'gin_configs/...'` lines resolve against the working directory
     first, then the lsi checkout, so run files work from anywhere."""
-    gin.add_config_file_search_path(str(REPO_ROOT))
+    if not _SEARCH_PATH_ADDED:
+        gin.add_config_file_search_path(str(REPO_ROOT))
+        _SEARCH_PATH_ADDED.append(True)
     gin.parse_config_files_and_bindings(list(gin_files), list(gin_params),
                                         skip_unknown=False, finalize_config=False)
 
@@ -295,9 +317,9 @@ def main(argv: Sequence[str]) -> None:
     parse_gin(args.gin_file, args.gin_param)
     experiment = Experiment()
     if experiment.distributed:
-        import jax  # noqa: PLC0415
-
-        jax.distributed.initialize()
+        # CPU processes need a collectives backend for cross-process arrays (TPU and GPU have their own).
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.distributed.initialize(experiment.coordinator_address, experiment.num_processes, experiment.process_id)
     experiment.path.mkdir(parents=True, exist_ok=True)
     write_text_atomic(experiment.path / "config.gin", gin.config_str())
     for stage in args.stage:

@@ -19,7 +19,7 @@ import logging
 import os
 import pathlib
 import time
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from lsi.batch_decoding import BatchSampler, SampleRequest
 from lsi.decoding import LanguageModel, Temperature
@@ -166,8 +166,12 @@ def load_pool(task: Task, max_questions: int | None = None) -> list[Example]:
 def run_sample_stage(task: Task, lm: LanguageModel, params: Any, vocab: Any, max_length: int,
                      config: SampleStageConfig, output_dir: str | os.PathLike, *, mesh: Any = None,
                      model_id: str = "", process_index: int = 0, process_count: int = 1,
-                     progress: bool = True) -> dict[str, Any]:
-    """Samples every incomplete shard owned by this process; returns (and writes) the stage manifest."""
+                     progress: bool = True, wait_for_all_processes: Callable[[], None] | None = None
+                     ) -> dict[str, Any]:
+    """Samples every incomplete shard owned by this process; returns (and writes) the stage manifest.
+
+    With several processes, `wait_for_all_processes` (a barrier) runs before process 0 writes the manifest, so it
+    lists every process's shards."""
     output_dir = pathlib.Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     pool = load_pool(task, config.max_questions)
@@ -195,6 +199,8 @@ def run_sample_stage(task: Task, lm: LanguageModel, params: Any, vocab: Any, max
         completions = {c.example_id: c for c in sampler.run(requests, total=len(requests))} if requests else {}
         write_text_atomic(path, _shard_lines(questions, completions, task, fmt.value))
         sampled += 1
+    if wait_for_all_processes is not None:
+        wait_for_all_processes()
     manifest = _manifest(output_dir, pool, config, settings, ranges, sampler, time.perf_counter() - start,
                          skipped, sampled)
     if process_index == 0:

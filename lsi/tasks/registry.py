@@ -48,7 +48,7 @@ def task_names() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def get_task(name: str, *, exemplar_file: str | os.PathLike | dict[str, Any] | None = None, **kwargs: Any) -> Task:
+def get_task(name: str, /, *, exemplar_file: str | os.PathLike | dict[str, Any] | None = None, **kwargs: Any) -> Task:
     """The task `name` built with `kwargs` (see the module docstring); `exemplar_file` swaps its exemplars."""
     if name not in _REGISTRY:
         raise KeyError(f"Unknown task {name!r}; known tasks: {', '.join(task_names())}.")

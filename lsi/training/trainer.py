@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from lsi.io_utils import write_json_atomic
 from lsi.models import Transformer, TransformerConfig, abstract_params, param_logical_axes
 from lsi.partitioning import MeshConfig, activation_sharding, constrain, logical_sharding, make_mesh, tree_shardings
 from lsi.training.checkpointing import Checkpointer
@@ -199,6 +200,10 @@ class _MetricsLog:
 
     def __init__(self, output_dir: pathlib.Path, start_step: int):
         self.path = output_dir / "metrics.jsonl"
+        self.enabled = jax.process_index() == 0  # every process computes the same global metrics; one writes them
+        self.writer = None
+        if not self.enabled:
+            return
         if self.path.exists():  # a resumed run rewrites what came after its checkpoint, as an uninterrupted run would
             kept = [line for line in self.path.read_text().splitlines()
                     if line.strip() and json.loads(line)["step"] <= start_step]
@@ -214,6 +219,8 @@ class _MetricsLog:
             self.writer = None
 
     def write(self, step: int, scalars: dict[str, float]) -> None:
+        if not self.enabled:
+            return
         with open(self.path, "a") as f:
             f.write(json.dumps({"step": step, **scalars}) + "\n")
         if self.writer is not None:
@@ -298,7 +305,8 @@ def train(config: TrainConfig, model_cfg: TransformerConfig, init_params_or_chec
     start = int(state.step)
     if isinstance(getattr(data, "stats", None), PackingStats):
         log.info("Training data: %s", data.stats)
-        (output_dir / "data_stats.json").write_text(json.dumps(dataclasses.asdict(data.stats), indent=2) + "\n")
+        if jax.process_index() == 0:
+            write_json_atomic(output_dir / "data_stats.json", dataclasses.asdict(data.stats))
     flops_per_slot = model_cfg.flops_per_token(config.seq_length)
     metrics_log = _MetricsLog(output_dir, start)
     history: list[dict[str, float]] = []
@@ -369,26 +377,38 @@ def train(config: TrainConfig, model_cfg: TransformerConfig, init_params_or_chec
 
 def export_hf(model_cfg: TransformerConfig, params: Any, directory: str | os.PathLike,
               vocabulary: Any = None) -> pathlib.Path:
-    """Fine-tuned params (any placement) -> a HF directory (config.json, model.safetensors, tokenizer files)."""
+    """Fine-tuned params (any placement) -> a HF directory (config.json, model.safetensors, tokenizer files).
+
+    With several processes every process must call this (gathering sharded params is collective); process 0
+    writes the directory, and all return once it is complete."""
     from lsi.checkpoints import save_hf_directory  # noqa: PLC0415
 
-    directory = save_hf_directory(model_cfg.replace(dtype=jnp.float32), params, directory)
-    if vocabulary is not None:
-        vocabulary.save(directory)
+    directory = pathlib.Path(directory)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils  # noqa: PLC0415
+
+        params = multihost_utils.process_allgather(params, tiled=True)
+    if jax.process_index() == 0:
+        save_hf_directory(model_cfg.replace(dtype=jnp.float32), params, directory)
+        if vocabulary is not None:
+            vocabulary.save(directory)
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(f"export {directory}")
     return directory
 
 
 def finetune(config: TrainConfig, checkpoint: str | os.PathLike, task: str, output_dir: str | os.PathLike,
-             vocabulary: Any = None, export: bool = True) -> dict[str, Any]:
+             vocabulary: Any = None, export: bool = True, mesh: jax.sharding.Mesh | None = None) -> dict[str, Any]:
     """The LMSI fine-tuning stage: a checkpoint and a SeqIO task/mixture of "inputs"/"targets" text -> a trained
     run in `output_dir` (checkpoints, metrics.jsonl, data_stats.json) and, with `export`, a HF directory at
-    `output_dir/hf` (with the tokenizer when `vocabulary` is given). Rerunning the same call resumes."""
+    `output_dir/hf` (with the tokenizer when `vocabulary` is given). `mesh` defaults to `config.mesh`'s shape.
+    Rerunning the same call resumes."""
     from lsi.checkpoints import load_checkpoint  # noqa: PLC0415
     from lsi.training.data import PackedBatches  # noqa: PLC0415
 
     model_cfg, params = load_checkpoint(checkpoint)
     data = PackedBatches(task, batch_size=config.batch_size, seq_length=config.seq_length, seed=config.seed)
-    state, summary = train(config, model_cfg, params, data, output_dir)
+    state, summary = train(config, model_cfg, params, data, output_dir, mesh=mesh)
     result: dict[str, Any] = {"steps": summary.end_step, "resumed_from": summary.restored_from,
                               "data": dataclasses.asdict(data.stats),
                               "final_metrics": summary.history[-1] if summary.history else None}

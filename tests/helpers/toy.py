@@ -22,3 +22,34 @@ def tiny_model(seed: int = 0):
     cfg = get_config("tiny", vocab_size=49152, max_length=1024)
     return TransformerLM(cfg), init_params(cfg, jax.random.PRNGKey(seed)), load_vocabulary("smollm2-135m-instruct"), \
         cfg.max_length
+
+
+def answering_checkpoint(directory, steps: int = 24, pool_size: int = 32):
+    """A tiny model taught, with our own format and train stages, to end few-shot arithmetic answers with
+    "The answer is N." (the digits are mostly wrong): a stand-in for a pretrained LM in self-improvement smoke runs,
+    where a random model would never give a parseable answer to vote on. Returns the HF directory."""
+    import json  # noqa: PLC0415
+    import pathlib  # noqa: PLC0415
+
+    from lsi.checkpoints import save_hf_directory  # noqa: PLC0415
+    from lsi.self_improve.formats import FormatStageConfig, register_formatted_task, run_format_stage  # noqa: PLC0415
+    from lsi.tasks import get_task  # noqa: PLC0415
+    from lsi.training.optimizers import OptimizerConfig  # noqa: PLC0415
+    from lsi.training.trainer import TrainConfig, finetune  # noqa: PLC0415
+
+    directory = pathlib.Path(directory)
+    vocab = load_vocabulary("smollm2-135m-instruct")
+    cfg = get_config("tiny", vocab_size=49152, max_length=512)
+    save_hf_directory(cfg, jax.device_get(init_params(cfg, jax.random.PRNGKey(0))), directory / "random")
+    vocab.save(directory / "random")
+    task = get_task("arithmetic", pool_size=pool_size, eval_size=8, seed=1234)
+    labels = [{"question_id": q.id, "question": q.question, "answer": q.answer, "vote_count": 1, "num_parsed": 1,
+               "num_samples": 1, "vote_share": 1.0, "vote_share_of_parsed": 1.0, "tie": False,
+               "paths": [{"sample_index": 0, "text": f" The answer is {q.answer}."}]} for q in task.load_pool()]
+    (directory / "labels.jsonl").write_text("".join(json.dumps(r) + "\n" for r in labels))
+    run_format_stage(task, directory / "labels.jsonl", directory / "formats",
+                     FormatStageConfig(formats="few_shot_cot_only", num_shards=1))
+    name = register_formatted_task("lsi_test_answering_model", directory / "formats", vocab)
+    config = TrainConfig(steps=steps, batch_size=4, seq_length=384, checkpoint_every=steps, log_every=steps,
+                         progress_bar=False, optimizer=OptimizerConfig(name="adamw", learning_rate=1e-2))
+    return pathlib.Path(finetune(config, directory / "random", name, directory / "train", vocab)["hf_directory"])
