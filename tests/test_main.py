@@ -4,13 +4,10 @@ import json
 import pathlib
 
 import gin
-import jax
 import pytest
 
-from lsi.checkpoints import save_hf_directory
+from helpers.toy import save_tiny_checkpoint
 from lsi.main import Experiment, parse_gin, run_stage
-from lsi.models import get_config, init_params
-from lsi.vocab import load_vocabulary
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 RUN_CONFIGS = sorted((REPO / "gin_configs" / "runs").glob("*.gin"))
@@ -32,12 +29,7 @@ def test_every_run_config_parses_and_binds(path):
 
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory):
-    """A tiny random Llama saved as a HF directory with SmolLM2's tokenizer: a model name lsi.main can load."""
-    directory = tmp_path_factory.mktemp("tiny_model")
-    cfg = get_config("tiny", vocab_size=49152, max_length=512)
-    save_hf_directory(cfg, jax.device_get(init_params(cfg, jax.random.PRNGKey(0))), directory)
-    load_vocabulary("smollm2-135m-instruct").save(directory)
-    return directory
+    return save_tiny_checkpoint(tmp_path_factory.mktemp("tiny_model"))
 
 
 def test_stages_run_in_order_through_the_entry_point(tiny_checkpoint, tmp_path):

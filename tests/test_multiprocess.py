@@ -12,20 +12,15 @@ import jax
 import numpy as np
 import pytest
 
-from lsi.checkpoints import load_checkpoint, save_hf_directory
-from lsi.models import get_config, init_params
-from lsi.vocab import load_vocabulary
+from helpers.toy import save_tiny_checkpoint
+from lsi.checkpoints import load_checkpoint
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("tiny_model")
-    cfg = get_config("tiny", vocab_size=49152, max_length=512)
-    save_hf_directory(cfg, jax.device_get(init_params(cfg, jax.random.PRNGKey(0))), directory)
-    load_vocabulary("smollm2-135m-instruct").save(directory)
-    return directory
+    return save_tiny_checkpoint(tmp_path_factory.mktemp("tiny_model"))
 
 
 def _bindings(run_dir, model) -> list[str]:

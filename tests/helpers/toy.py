@@ -24,6 +24,16 @@ def tiny_model(seed: int = 0):
         cfg.max_length
 
 
+def save_tiny_checkpoint(directory, seed: int = 0):
+    """A tiny random Llama saved as a HF directory with SmolLM2's tokenizer: a model name lsi.main can load."""
+    from lsi.checkpoints import save_hf_directory  # noqa: PLC0415
+
+    cfg = get_config("tiny", vocab_size=49152, max_length=512)
+    save_hf_directory(cfg, jax.device_get(init_params(cfg, jax.random.PRNGKey(seed))), directory)
+    load_vocabulary("smollm2-135m-instruct").save(directory)
+    return directory
+
+
 def answering_checkpoint(directory, steps: int = 24, pool_size: int = 32):
     """A tiny model taught, with our own format and train stages, to end few-shot arithmetic answers with
     "The answer is N." (the digits are mostly wrong): a stand-in for a pretrained LM in self-improvement smoke runs,
@@ -31,7 +41,6 @@ def answering_checkpoint(directory, steps: int = 24, pool_size: int = 32):
     import json  # noqa: PLC0415
     import pathlib  # noqa: PLC0415
 
-    from lsi.checkpoints import save_hf_directory  # noqa: PLC0415
     from lsi.self_improve.formats import FormatStageConfig, register_formatted_task, run_format_stage  # noqa: PLC0415
     from lsi.tasks import get_task  # noqa: PLC0415
     from lsi.training.optimizers import OptimizerConfig  # noqa: PLC0415
@@ -39,9 +48,7 @@ def answering_checkpoint(directory, steps: int = 24, pool_size: int = 32):
 
     directory = pathlib.Path(directory)
     vocab = load_vocabulary("smollm2-135m-instruct")
-    cfg = get_config("tiny", vocab_size=49152, max_length=512)
-    save_hf_directory(cfg, jax.device_get(init_params(cfg, jax.random.PRNGKey(0))), directory / "random")
-    vocab.save(directory / "random")
+    save_tiny_checkpoint(directory / "random")
     task = get_task("arithmetic", pool_size=pool_size, eval_size=8, seed=1234)
     labels = [{"question_id": q.id, "question": q.question, "answer": q.answer, "vote_count": 1, "num_parsed": 1,
                "num_samples": 1, "vote_share": 1.0, "vote_share_of_parsed": 1.0, "tie": False,
