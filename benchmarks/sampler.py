@@ -208,6 +208,16 @@ def _load_ours(source: ModelSource) -> tuple[Any, Any, float]:
     return cfg, params, time.perf_counter() - start
 
 
+def _timed_sampling_call(side: Any, run: Any) -> tuple[float, float]:
+    """(wall, CPU) seconds of one sampling call of either side, tracking the side's peak RSS per call. The previous
+    output is freed first, as a loop that consumes each result would."""
+    side.out = None
+    with common.PeakRSS() as memory:
+        timing = common.timed_call(run)
+    side.call_peak = max(side.call_peak, memory.peak_bytes)
+    return timing
+
+
 def compile_sampler(cfg: Any, params: Any, prompts: Sequence[Sequence[int]], num_samples: int, max_new_tokens: int,
                     temperature: float, top_k: int, seed: int) -> tuple[Any, tuple, float]:
     """(compiled sampler, its device arguments, compile seconds) for right-padded, length-bucketed prompts."""
@@ -261,11 +271,7 @@ class OurSampler:
         def run() -> None:
             self.out = jax.block_until_ready(self.compiled(*self.args))
 
-        self.out = None  # free the previous output first, as a loop that consumes each result would
-        with common.PeakRSS() as memory:
-            timing = common.timed_call(run)
-        self.call_peak = max(self.call_peak, memory.peak_bytes)
-        return timing
+        return _timed_sampling_call(self, run)
 
     def report(self, median_s: float, breakdown: bool) -> dict[str, Any]:
         import jax  # noqa: PLC0415
@@ -440,11 +446,7 @@ class TheirGenerate:
         def run() -> None:
             self.out = self._generate(self.config)
 
-        self.out = None
-        with common.PeakRSS() as memory:
-            timing = common.timed_call(run)
-        self.call_peak = max(self.call_peak, memory.peak_bytes)
-        return timing
+        return _timed_sampling_call(self, run)
 
     def report(self, median_s: float, breakdown: bool) -> dict[str, Any]:
         import torch  # noqa: PLC0415
