@@ -94,33 +94,34 @@ def accuracy_at_subsets(sample_answers: Sequence[Sequence[str | None]], examples
     return results
 
 
+def prediction_record(example: Example, prompt: str, completion: Completion, answer_type: str) -> dict[str, Any]:
+    """One predictions.jsonl line: every sample's text and parsed answer, the vote and its share, gold, correct."""
+    answers = [parse_answer(text, answer_type) for text in completion.texts]
+    vote = vote_answers(answers, answer_type)
+    return {
+        "id": example.id,
+        "prompt_hash": prompt_hash(prompt),
+        "samples": [
+            {"text": text, "answer": answer, "finish_reason": reason, "num_tokens": len(ids),
+             "sum_log_prob": log_prob}
+            for text, answer, reason, ids, log_prob in zip(completion.texts, answers, completion.finish_reasons,
+                                                            completion.token_ids, completion.sum_log_probs)
+        ],
+        "vote": vote.answer,
+        "vote_count": vote.count,
+        "vote_share": vote.share_of_all,
+        "vote_share_of_parsed": vote.share_of_parsed,
+        "tie": vote.tie,
+        "gold": example.answer,
+        "gold_alternatives": list(example.alternatives),
+        "correct": _is_correct(vote.answer, example, answer_type),
+    }
+
+
 def _mode_records(mode: str, task: Task, examples: Sequence[Example], completions: dict[str, Completion],
                   prompts: dict[str, str]) -> tuple[list[dict[str, Any]], list[list[str | None]]]:
-    records, all_answers = [], []
-    for example in examples:
-        completion = completions[example.id]
-        answers = [parse_answer(text, task.answer_type) for text in completion.texts]
-        vote = vote_answers(answers, task.answer_type)
-        all_answers.append(answers)
-        records.append({
-            "id": example.id,
-            "prompt_hash": prompt_hash(prompts[example.id]),
-            "samples": [
-                {"text": text, "answer": answer, "finish_reason": reason, "num_tokens": len(ids),
-                 "sum_log_prob": log_prob}
-                for text, answer, reason, ids, log_prob in zip(completion.texts, answers, completion.finish_reasons,
-                                                                completion.token_ids, completion.sum_log_probs)
-            ],
-            "vote": vote.answer,
-            "vote_count": vote.count,
-            "vote_share": vote.share_of_all,
-            "vote_share_of_parsed": vote.share_of_parsed,
-            "tie": vote.tie,
-            "gold": example.answer,
-            "gold_alternatives": list(example.alternatives),
-            "correct": _is_correct(vote.answer, example, task.answer_type),
-        })
-    return records, all_answers
+    records = [prediction_record(e, prompts[e.id], completions[e.id], task.answer_type) for e in examples]
+    return records, [[sample["answer"] for sample in r["samples"]] for r in records]
 
 
 def _mode_metrics(mode: str, task: Task, records: list[dict[str, Any]], all_answers: list[list[str | None]],

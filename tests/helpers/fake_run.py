@@ -1,8 +1,8 @@
 """A small run folder in the layout `lsi.main` writes, built without a model: for report and notebook tests.
 
 Sampled answers are drawn with a seeded generator instead of a model; everything downstream of them is computed by
-the real code where that needs no model or TensorFlow: votes by `run_vote_stage`, eval predictions by `vote_answers`
-and `answers_equal`, eval metrics by `lsi.metrics` and `accuracy_at_subsets`, training example counts by
+the real code where that needs no model or TensorFlow: votes by `run_vote_stage`, eval predictions by
+`lsi.evaluation.prediction_record`, eval metrics by `lsi.metrics` and `accuracy_at_subsets`, training example counts by
 `training_examples`. Files whose writer needs a model (sample shards, metrics.jsonl) are written with the exact
 records the writer produces. TFRecords are not written (the report reads only the format stage's manifest).
 
@@ -21,13 +21,13 @@ import zlib
 import numpy as np
 
 from lsi import metrics
-from lsi.evaluation import EvalConfig, accuracy_at_subsets
+from lsi.batch_decoding import Completion
+from lsi.evaluation import EvalConfig, accuracy_at_subsets, prediction_record
 from lsi.io_utils import write_json_atomic, write_jsonl_atomic, write_text_atomic
 from lsi.self_improve.formats import FORMAT_PRESETS, training_examples
 from lsi.self_improve.manifest import file_sha256
 from lsi.self_improve.sampling import SAMPLE_FIELDS, pool_fingerprint, shard_path
-from lsi.self_improve.voting import run_vote_stage, vote_answers
-from lsi.tasks.answers import answers_equal
+from lsi.self_improve.voting import run_vote_stage
 from lsi.tasks.base import PROMPTS_DIR, Example, ExemplarSet, Task
 from lsi.training.data import PackingStats
 
@@ -90,22 +90,11 @@ def _text(answer: str | None) -> str:
 # --- eval ------------------------------------------------------------------------------------------------------------
 
 def _prediction(example: Example, answers: list[str | None]) -> dict:
-    """One predictions.jsonl record, as lsi.evaluation._mode_records writes it."""
-    vote = vote_answers(answers, "number")
-    return {
-        "id": example.id,
-        "prompt_hash": f"{zlib.crc32(example.question.encode()):016x}",
-        "samples": [{"text": _text(a), "answer": a, "finish_reason": "stop", "num_tokens": 12,
-                     "sum_log_prob": -3.5} for a in answers],
-        "vote": vote.answer,
-        "vote_count": vote.count,
-        "vote_share": vote.share_of_all,
-        "vote_share_of_parsed": vote.share_of_parsed,
-        "tie": vote.tie,
-        "gold": example.answer,
-        "gold_alternatives": list(example.alternatives),
-        "correct": any(answers_equal(vote.answer, g, "number") for g in (example.answer, *example.alternatives)),
-    }
+    """One predictions.jsonl record, written by lsi.evaluation's own record builder from samples whose texts
+    parse to `answers`."""
+    completion = Completion(example.id, 0, [_text(a) for a in answers], [[0] * 12 for _ in answers],
+                            ["stop"] * len(answers), [-3.5] * len(answers))
+    return prediction_record(example, example.question, completion, "number")
 
 
 def _mode_answers(mode: str, spec: EvalSpec, task: str, examples: list[Example]) -> list[list[str | None]]:
