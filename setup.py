@@ -14,6 +14,7 @@ INSTALL_REQUIRES = [
     "gin-config>=0.5.0",
     "absl-py>=2.1.0",
     "clu>=0.0.12",
+    "tensorboard>=2.16",  # clu's summary writer imports it; without it metrics reach metrics.jsonl only
     "tokenizers>=0.19",
     "sentencepiece>=0.2.0",
     "gguf>=0.10.0",

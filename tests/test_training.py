@@ -220,6 +220,28 @@ def test_resume_is_exact(runs):
     assert len(lines) == 4 and '"loss"' in lines[0] and '"tokens_per_s"' in lines[-1]
 
 
+def test_metrics_reach_tensorboard(runs):
+    """clu's default writer puts the same scalars in a TensorBoard events file next to metrics.jsonl."""
+    from tensorflow.core.util import event_pb2  # noqa: PLC0415
+    from tensorflow.python.lib.io import tf_record  # noqa: PLC0415
+
+    root, *_ = runs
+    (events_file,) = (root / "full" / "tensorboard").glob("events.out.tfevents.*")
+    scalars: dict[str, dict[int, float]] = {}
+    for record in tf_record.tf_record_iterator(str(events_file)):
+        event = event_pb2.Event.FromString(record)
+        for value in event.summary.value:
+            number = value.simple_value if value.HasField("simple_value") else float(
+                np.frombuffer(value.tensor.tensor_content, np.float32)[0] if value.tensor.tensor_content
+                else value.tensor.float_val[0])
+            scalars.setdefault(value.tag, {})[event.step] = number
+    jsonl = [json.loads(x) for x in (root / "full" / "metrics.jsonl").read_text().splitlines()]
+    assert set(scalars["loss"]) == {r["step"] for r in jsonl} == {5, 10, 15, 20}
+    for row in jsonl:
+        np.testing.assert_allclose(scalars["loss"][row["step"]], row["loss"], rtol=1e-6)
+        np.testing.assert_allclose(scalars["learning_rate"][row["step"]], row["learning_rate"], rtol=1e-6)
+
+
 # Orbax's async reader may leave a callback for its closed event loop after a failed restore: harmless noise.
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 @pytest.mark.parametrize("damage", ["corrupt_state", "delete_data"])
