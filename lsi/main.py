@@ -12,6 +12,10 @@ of self-improvement lives in `round_<r>/`; `--round` picks it for the single sta
     self_improve  all of the above: eval "base", then for r = 1..num_rounds: sample (with round r-1's model),
                   vote, format, train (from round r-1's model), eval "round_<r>"; then summary.json and the report
     report        report/report.md + PNG plots (lsi.report)
+    questions     questions/                  generated_pool.jsonl + manifest.json: new questions the base model
+                                                writes from `question_task`'s pool (Table 6; the `jsonl` task reads them)
+    exemplars     exemplars/                  generated_NN.json + manifest.json: few-shot CoT templates from greedy
+                                                zero-shot rationales (Figure 3; `generated_exemplars` prompts with them)
 
 Rerunning a killed command resumes it: complete shards, eval modes and checkpoints are kept. Example:
 
@@ -37,15 +41,24 @@ from lsi.evaluation import EvalConfig, evaluate, format_summary
 from lsi.io_utils import write_json_atomic, write_text_atomic
 from lsi.partitioning import MeshConfig
 from lsi.self_improve.formats import FormatStageConfig, register_formatted_task, register_mixture, run_format_stage
+from lsi.self_improve.question_gen import (
+    PromptGenConfig,
+    QuestionGenConfig,
+    generate_exemplars,
+    generate_questions,
+    rotating_task,
+)
 from lsi.self_improve.sampling import SampleStageConfig, run_sample_stage
 from lsi.self_improve.voting import VoteStageConfig, run_vote_stage
 from lsi.training.optimizers import OptimizerConfig
 from lsi.training.trainer import TrainConfig
 
-STAGES = ("sample", "vote", "format", "train", "eval", "self_improve", "report")
+log = logging.getLogger(__name__)
+
+STAGES = ("questions", "exemplars", "sample", "vote", "format", "train", "eval", "self_improve", "report")
 
 for _config_class in (SampleStageConfig, VoteStageConfig, FormatStageConfig, EvalConfig, MeshConfig, TrainConfig,
-                      OptimizerConfig):
+                      OptimizerConfig, QuestionGenConfig, PromptGenConfig):
     gin.external_configurable(_config_class, module="lsi")
 
 
@@ -76,6 +89,13 @@ class Experiment:
     format: FormatStageConfig = dataclasses.field(default_factory=FormatStageConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+    # Table 6: the `questions` stage writes questions seeded by this task's pool (None: `task`).
+    question_task: str | None = None
+    questions: QuestionGenConfig = dataclasses.field(default_factory=QuestionGenConfig)
+    # Figure 3: the `exemplars` stage writes templates; with `generated_exemplars`, `task` is prompted with them,
+    # each question getting one template by a stable hash of its id (the paper rotates 20 templates of 4 shots).
+    exemplars: PromptGenConfig = dataclasses.field(default_factory=PromptGenConfig)
+    generated_exemplars: bool = False
 
     def __post_init__(self) -> None:
         if self.num_rounds < 1:
@@ -125,7 +145,14 @@ class Experiment:
 
         name = name or self.task
         if name not in self._tasks:
-            self._tasks[name] = get_task(name, **(self.task_kwargs if name == self.task else {}))
+            task = get_task(name, **(self.task_kwargs if name == self.task else {}))
+            if name == self.task and self.generated_exemplars:
+                files = sorted((self.path / "exemplars").glob("generated_*.json"))
+                if not files:
+                    raise FileNotFoundError(f"generated_exemplars is set but {self.path / 'exemplars'} has no "
+                                            f"generated_*.json: run --stage=exemplars first.")
+                task = rotating_task(task, files)
+            self._tasks[name] = task
         return self._tasks[name]
 
     def loaded_model(self, checkpoint: str) -> tuple[Any, Any, Any, Any]:
@@ -171,6 +198,10 @@ def run_eval(experiment: Experiment, tag: str, checkpoint: str, config: EvalConf
 def run_stage(experiment: Experiment, stage: str, eval_tag: str | None = None, eval_model: str = "base",
               round_index: int = 1) -> dict[str, Any]:
     """Runs one stage and returns its manifest or metrics (keyed by task where a stage covers several)."""
+    if stage == "questions":
+        return run_questions(experiment)
+    if stage == "exemplars":
+        return run_exemplars(experiment)
     if stage == "sample":
         lm, params, vocab, mesh = experiment.loaded_model(experiment.sampling_model(round_index))
         return {name: run_sample_stage(experiment.task_obj(name), lm, params, vocab, lm.config.max_length,
@@ -201,6 +232,52 @@ def run_stage(experiment: Experiment, stage: str, eval_tag: str | None = None, e
 
         return {"report": str(write_report(experiment.path))}
     raise ValueError(f"Unknown stage {stage!r}; known: {', '.join(STAGES)}.")
+
+
+def _finished_manifest(directory: pathlib.Path, config: Any) -> dict[str, Any] | None:
+    """The manifest of a generation stage that already completed with this config, else None."""
+    path = directory / "manifest.json"
+    if not path.exists():
+        return None
+    manifest = json.loads(path.read_text())
+    if manifest.get("config") != json.loads(json.dumps(dataclasses.asdict(config))):
+        log.warning("%s was written with another config; generating again.", path)
+        return None
+    print(f"[{manifest['stage']}] complete in {directory}; kept.", flush=True)
+    return manifest
+
+
+def run_questions(experiment: Experiment) -> dict[str, Any]:
+    """Self-generated questions (Table 6) by the base model into run_dir/questions/generated_pool.jsonl."""
+    directory = experiment.path / "questions"
+    done = _finished_manifest(directory, experiment.questions)
+    if done is not None and (directory / "generated_pool.jsonl").exists():
+        return done
+    lm, params, vocab, mesh = experiment.loaded_model(experiment.model)
+    seed_task = experiment.task_obj(experiment.question_task or experiment.task)
+    manifest = generate_questions(seed_task, lm, params, vocab, lm.config.max_length, experiment.questions,
+                                  directory, mesh=mesh)
+    counts = manifest["counts"]
+    print(f"[questions] {counts['kept']} kept of {counts['generated']} generated "
+          f"({counts['candidates']} new) -> {directory / 'generated_pool.jsonl'}", flush=True)
+    return manifest
+
+
+def run_exemplars(experiment: Experiment) -> dict[str, Any]:
+    """Self-generated few-shot CoT templates (Figure 3) by the base model into run_dir/exemplars/."""
+    directory = experiment.path / "exemplars"
+    done = _finished_manifest(directory, experiment.exemplars)
+    if done is not None and len(list(directory.glob("generated_*.json"))) == experiment.exemplars.templates:
+        return done
+    lm, params, vocab, mesh = experiment.loaded_model(experiment.model)
+    # The templates come from the task's own pool questions, so build the task without generated exemplars.
+    from lsi.tasks import get_task  # noqa: PLC0415
+
+    task = get_task(experiment.task, **experiment.task_kwargs)
+    paths = generate_exemplars(task, lm, params, vocab, lm.config.max_length, experiment.exemplars, directory,
+                               mesh=mesh)
+    print(f"[exemplars] {len(paths)} templates of {experiment.exemplars.shots} -> {directory}", flush=True)
+    return json.loads((directory / "manifest.json").read_text())
 
 
 def _wait_for_all_processes(name: str) -> None:

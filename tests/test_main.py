@@ -95,3 +95,83 @@ def test_a_rerun_keeps_complete_eval_modes(tiny_checkpoint, tmp_path, monkeypatc
     monkeypatch.setattr("lsi.evaluation.BatchSampler.run", lambda *a, **k: pytest.fail("re-sampled a done mode"))
     normalised = lambda result: json.loads(json.dumps(result, default=str))  # noqa: E731
     assert normalised(run_stage(experiment, "eval")) == normalised(first)
+
+
+class _ScriptedWithConfig:
+    """A scripted LM with the `config.max_length` lsi.main reads from a loaded model."""
+
+    def __init__(self, lm, max_length=4096):
+        self._lm, self.config = lm, type("Config", (), {"max_length": max_length})()
+
+    def __getattr__(self, name):
+        return getattr(self._lm, name)
+
+
+def test_generation_stages_feed_table6_and_figure3(tmp_path, monkeypatch):
+    from helpers.scripted_lm import ScriptedLM  # noqa: PLC0415
+
+    from lsi import main as lsi_main  # noqa: PLC0415
+    from lsi.vocab import load_vocabulary  # noqa: PLC0415
+
+    vocab = load_vocabulary("smollm2-135m-instruct")
+    script = " How many legs do 3 spiders have in total?\n3 * 8 = 24. The answer is 24.\n\nQ:"
+    lm = _ScriptedWithConfig(ScriptedLM(tuple(vocab.encode(script)), vocab_size=49152))
+    loaded = []
+    monkeypatch.setattr(Experiment, "loaded_model", lambda self, ckpt: loaded.append(ckpt) or (lm, None, vocab, None))
+    parse_gin([], [
+        f"lsi.Experiment.run_dir = '{tmp_path}'",
+        "lsi.Experiment.model = 'base-model'",
+        "lsi.Experiment.task = 'arithmetic'",
+        "lsi.Experiment.task_kwargs = {'pool_size': 12, 'eval_size': 3}",
+        "lsi.Experiment.questions = @lsi.QuestionGenConfig()",
+        "lsi.QuestionGenConfig.num_seed_questions = 4",
+        "lsi.QuestionGenConfig.num_prompts = 2",
+        "lsi.QuestionGenConfig.samples_per_prompt = 2",
+        "lsi.QuestionGenConfig.filter_samples = 2",
+        "lsi.QuestionGenConfig.max_question_tokens = 16",
+        "lsi.QuestionGenConfig.filter_max_new_tokens = 48",
+        "lsi.Experiment.exemplars = @lsi.PromptGenConfig()",
+        "lsi.PromptGenConfig.templates = 2",
+        "lsi.PromptGenConfig.shots = 3",
+        "lsi.PromptGenConfig.max_new_tokens = 32",
+    ])
+    experiment = Experiment()
+    questions = run_stage(experiment, "questions")
+    assert questions["counts"]["kept"] == 1 and loaded == ["base-model"]
+    pool_file = tmp_path / "questions" / "generated_pool.jsonl"
+    assert json.loads(pool_file.read_text())["question"] == "How many legs do 3 spiders have in total?"
+    exemplars = run_stage(experiment, "exemplars")
+    assert exemplars["counts"]["templates"] == 2
+    assert sorted(p.name for p in (tmp_path / "exemplars").glob("generated_*.json")) == [
+        "generated_00.json", "generated_01.json"]
+
+    # Reruns keep complete work.
+    monkeypatch.setattr(lsi_main, "generate_questions", lambda *a, **k: pytest.fail("generated questions again"))
+    monkeypatch.setattr(lsi_main, "generate_exemplars", lambda *a, **k: pytest.fail("generated exemplars again"))
+    assert run_stage(Experiment(), "questions") == questions
+    assert run_stage(Experiment(), "exemplars") == exemplars
+
+    # Figure 3: the task is prompted with the generated templates, rotated by question.
+    gin.bind_parameter("lsi.Experiment.generated_exemplars", True)
+    task = Experiment().task_obj()
+    chosen = {task.choose_exemplars(q) for q in task.load_eval() + task.load_pool()}
+    assert chosen == {"generated_00", "generated_01"}
+    shown = task.exemplars_for(task.load_eval()[0]).exemplars
+    pool_questions = {q.question for q in task.load_pool()}
+    assert len(shown) == 3 and all(e.answer == "24" and e.rationale.endswith("3 * 8 = 24.") for e in shown)
+    assert all(e.question in pool_questions for e in shown)
+
+    # Table 6: the generated pool is a jsonl task the sample stage reads.
+    gin.bind_parameter("lsi.Experiment.generated_exemplars", False)
+    gin.bind_parameter("lsi.Experiment.question_task", "arithmetic")
+    gin.bind_parameter("lsi.Experiment.task", "jsonl")
+    gin.bind_parameter("lsi.Experiment.task_kwargs", {"pool_path": str(pool_file), "answer_type": "number",
+                                                      "exemplar_file": "gsm8k"})
+    pool = Experiment().task_obj().load_pool()
+    assert [q.question for q in pool] == ["How many legs do 3 spiders have in total?"]
+
+
+def test_generated_exemplars_without_the_stage_is_a_clear_error(tmp_path):
+    parse_gin([], [f"lsi.Experiment.run_dir = '{tmp_path}'", "lsi.Experiment.generated_exemplars = True"])
+    with pytest.raises(FileNotFoundError, match="run --stage=exemplars first"):
+        Experiment().task_obj()
