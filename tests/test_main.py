@@ -97,16 +97,6 @@ def test_a_rerun_keeps_complete_eval_modes(tiny_checkpoint, tmp_path, monkeypatc
     assert normalised(run_stage(experiment, "eval")) == normalised(first)
 
 
-class _ScriptedWithConfig:
-    """A scripted LM with the `config.max_length` lsi.main reads from a loaded model."""
-
-    def __init__(self, lm, max_length=4096):
-        self._lm, self.config = lm, type("Config", (), {"max_length": max_length})()
-
-    def __getattr__(self, name):
-        return getattr(self._lm, name)
-
-
 def test_generation_stages_feed_table6_and_figure3(tmp_path, monkeypatch):
     from helpers.scripted_lm import ScriptedLM  # noqa: PLC0415
 
@@ -115,7 +105,7 @@ def test_generation_stages_feed_table6_and_figure3(tmp_path, monkeypatch):
 
     vocab = load_vocabulary("smollm2-135m-instruct")
     script = " How many legs do 3 spiders have in total?\n3 * 8 = 24. The answer is 24.\n\nQ:"
-    lm = _ScriptedWithConfig(ScriptedLM(tuple(vocab.encode(script)), vocab_size=49152))
+    lm = ScriptedLM(tuple(vocab.encode(script)), vocab_size=49152)
     loaded = []
     monkeypatch.setattr(Experiment, "loaded_model", lambda self, ckpt: loaded.append(ckpt) or (lm, None, vocab, None))
     parse_gin([], [
