@@ -361,6 +361,7 @@ def _decode_step_s(lm: Any, params: Any, tokens: Any, lengths: Any, num_samples:
     _, cache = jax.jit(lambda p, t, n: lm.prefill(p, t, n, num_samples, max_new))(params, tokens, lengths)
     shape = (tokens.shape[0], num_samples)
     step = jax.jit(lambda p, tok, pos, c: lm.decode(p, tok, pos, c)[0])  # logits only: no cache copy returned
+    params = jax.jit(lm.decode_params)(params)  # once per batch in the sampler, so not part of a step
     positions = jnp.broadcast_to(lengths[:, None], shape).astype(jnp.int32)
     timing = common.time_call(lambda: jax.block_until_ready(step(params, jnp.zeros(shape, jnp.int32), positions,
                                                                  cache)), warmup=1, repeats=3)

@@ -84,6 +84,7 @@ class BatchSampler:
     num_samples: int = 1
     max_new_tokens: int = 256
     method: SamplingMethod = Temperature()
+    argmax_samples: int = 0  # the first this many of the `num_samples` decode greedily, the rest with `method`
     stop_strings: Sequence[str] = ()
     eos_ids: Sequence[int] | None = None  # default: the vocabulary's EOS; () disables EOS stopping
     batch_size: int = 8
@@ -106,7 +107,7 @@ class BatchSampler:
         self.spec = SamplerSpec(
             num_samples=self.num_samples, max_new_tokens=self.max_new_tokens, method=self.method,
             eos_ids=tuple(int(e) for e in eos if e is not None and e >= 0),
-            stop_sequences=stop_token_sequences(self.vocab, self.stop_strings),
+            stop_sequences=stop_token_sequences(self.vocab, self.stop_strings), argmax_samples=self.argmax_samples,
         )
         self._sampler = make_sampler(self.lm, self.spec, self.mesh)
         self.stats = {"prompts": 0, "sampled_tokens": 0, "batches": 0, "padding_rows": 0, "shared_prefix_tokens": 0,

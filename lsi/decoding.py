@@ -20,7 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from lsi.models.configs import TransformerConfig
-from lsi.models.transformer import DecodeCache, Transformer, init_decode_cache
+from lsi.models.transformer import LayerwiseDecodeCache, Transformer, decode_layerwise, init_decode_cache
+from lsi.models.transformer import layerwise_cache, split_layers
 from lsi.partitioning import activation_sharding, constrain
 
 Array = jax.Array
@@ -71,24 +72,31 @@ class SampleOutput:
 class LanguageModel(Protocol):
     """What the sampler needs from a model: a prefill and a one-token decode step over a shared-prefix cache."""
 
+    def decode_params(self, params: Any) -> Any:
+        """`params` as `decode` reads them, computed once per batch before the decode loop."""
+
     def prefill(self, params: Any, tokens: Array, lengths: Array, num_samples: int, max_new: int,
                 context_tokens: Array | None = None) -> tuple[Array, Any]:
         """tokens [batch, length] right-padded, lengths [batch] -> (logits of the last prompt token [batch, vocab],
         cache for `num_samples` continuations of up to `max_new` tokens). `context_tokens` [context_len], when
         given, precede every row (a shared few-shot prompt); positions then start at context_len."""
 
-    def decode(self, params: Any, tokens: Array, positions: Array, cache: Any) -> tuple[Array, Any]:
+    def decode(self, decode_params: Any, tokens: Array, positions: Array, cache: Any) -> tuple[Array, Any]:
         """tokens, positions [batch, samples] -> (logits [batch, samples, vocab], updated cache)."""
 
 
 @dataclasses.dataclass(frozen=True)
 class TransformerLM:
-    """`LanguageModel` over `lsi.models.Transformer`."""
+    """`LanguageModel` over `lsi.models.Transformer`; decoding runs layer by layer (`decode_layerwise`)."""
 
     config: TransformerConfig
 
+    def decode_params(self, params: Any) -> tuple[Any, tuple[Any, ...]]:
+        """(params, one weight tree per layer): the per-layer slices are copied once per batch, not per step."""
+        return params, split_layers(params["layers"])
+
     def prefill(self, params: Any, tokens: Array, lengths: Array, num_samples: int, max_new: int,
-                context_tokens: Array | None = None) -> tuple[Array, DecodeCache]:
+                context_tokens: Array | None = None) -> tuple[Array, LayerwiseDecodeCache]:
         batch, length = tokens.shape
         model = Transformer(self.config)
         mask = jnp.arange(length)[None, :] < lengths[:, None]  # [batch, length]
@@ -110,18 +118,24 @@ class TransformerLM:
             v = jnp.concatenate([jnp.broadcast_to(context[1][:, None], (v.shape[0], batch, *context[1].shape[1:])),
                                  v], axis=2)
             mask = jnp.concatenate([jnp.ones((batch, offset), bool), mask], axis=1)
-        return logits, init_decode_cache(k, v, mask, num_samples, max_new)
+        return logits, layerwise_cache(init_decode_cache(k, v, mask, num_samples, max_new))
 
-    def decode(self, params: Any, tokens: Array, positions: Array, cache: DecodeCache) -> tuple[Array, DecodeCache]:
-        return Transformer(self.config).apply({"params": params}, tokens, positions, cache,
-                                              method=Transformer.decode)
+    def decode(self, decode_params: tuple[Any, tuple[Any, ...]], tokens: Array, positions: Array,
+               cache: LayerwiseDecodeCache) -> tuple[Array, LayerwiseDecodeCache]:
+        params, layer_params = decode_params
+        return decode_layerwise(self.config, params, layer_params, tokens, positions, cache)
 
 
-def sample_keys(seed: int | Array, example_ids: Array, num_samples: int) -> Array:
-    """[batch, samples] raw PRNG keys; key (i, j) depends only on (seed, example_ids[i], j)."""
+def sample_keys(seed: int | Array, example_ids: Array, num_samples: int, argmax_samples: int = 0) -> Array:
+    """[batch, samples] raw PRNG keys; key (i, j) depends only on (seed, example_ids[i], j - argmax_samples).
+
+    The leading argmax samples draw nothing; counting the drawn samples from 0 after them makes those equal to the
+    samples of a run without argmax samples.
+    """
     base = jax.random.PRNGKey(seed)
     per_example = jax.vmap(lambda i: jax.random.fold_in(base, i))(example_ids.astype(jnp.uint32))
-    return jax.vmap(lambda key: jax.vmap(lambda j: jax.random.fold_in(key, j))(jnp.arange(num_samples)))(per_example)
+    drawn_index = jnp.maximum(jnp.arange(num_samples) - argmax_samples, 0)
+    return jax.vmap(lambda key: jax.vmap(lambda j: jax.random.fold_in(key, j))(drawn_index))(per_example)
 
 
 def _top_p_threshold(descending: Array, top_p: float) -> Array:
@@ -149,14 +163,20 @@ def masked_logits(logits: Array, method: Temperature) -> Array:
     return scaled
 
 
-def choose_tokens(logits: Array, keys: Array, method: SamplingMethod) -> Array:
+def choose_tokens(logits: Array, keys: Array, method: SamplingMethod, argmax_samples: int = 0) -> Array:
     """logits [batch, samples, vocab], keys [batch, samples, 2] -> tokens [batch, samples] int32.
 
+    The first `argmax_samples` samples of every prompt take the argmax whatever the method (greedy decoding that
+    shares a batch, and its prefill, with sampled paths).
     With top-k the draw happens among the k best tokens only: the same distribution as masking the vocabulary,
     but k random numbers per sample instead of vocab-many (the dominant cost of a CPU decode step otherwise).
     """
-    if isinstance(method, Greedy):
+    if isinstance(method, Greedy) or argmax_samples >= logits.shape[1]:
         return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    if argmax_samples:
+        greedy = jnp.argmax(logits[:, :argmax_samples], axis=-1).astype(jnp.int32)
+        drawn = choose_tokens(logits[:, argmax_samples:], keys[:, argmax_samples:], method)
+        return jnp.concatenate([greedy, drawn], axis=1)
     scaled = logits / method.temperature
     vocab = scaled.shape[-1]
     if method.top_k is not None and method.top_k < vocab:
@@ -226,12 +246,14 @@ def temperature_sample(
     stop_sequences: Sequence[Sequence[int]] = (),
     pad_id: int = 0,
     context_tokens: Array | None = None,
+    argmax_samples: int = 0,
 ) -> SampleOutput:
     """Samples `num_samples` continuations of each prompt (traceable: jit it, see `make_sampler`).
 
     prompt_tokens: int32 [batch, prompt_len] right-padded; prompt_lengths: int32 [batch] (>= 1);
     example_ids: int [batch] stable ids that seed each prompt's random streams;
-    context_tokens: optional int32 [context_len] that precede every prompt (prefilled once for the batch).
+    context_tokens: optional int32 [context_len] that precede every prompt (prefilled once for the batch);
+    argmax_samples: the first this many samples of each prompt decode greedily (see `choose_tokens`).
     The loop is a `lax.while_loop` that exits as soon as every sample has hit EOS or a stop sequence.
     """
     if num_samples < 1:
@@ -242,7 +264,9 @@ def temperature_sample(
     shape = (batch, num_samples)
     table, stop_lengths = (jnp.asarray(a) for a in _stop_table(stop_sequences))
     eos = jnp.asarray(np.asarray(eos_ids, np.int32).reshape(-1))
-    keys = sample_keys(seed, example_ids, num_samples)  # [batch, samples, 2]
+    if not 0 <= argmax_samples <= num_samples:
+        raise ValueError(f"argmax_samples must be in [0, num_samples={num_samples}], got {argmax_samples}.")
+    keys = sample_keys(seed, example_ids, num_samples, argmax_samples)  # [batch, samples, 2]
 
     def step_keys(step: Array) -> Array:
         return jax.vmap(jax.vmap(lambda k: jax.random.fold_in(k, step)))(keys)
@@ -250,7 +274,7 @@ def temperature_sample(
     def choose(state: _LoopState, logits: Array, step: Array) -> _LoopState:
         """Picks token `step` for every sample from logits [batch, samples, vocab] and updates stop flags."""
         logits = constrain(logits, ("batch", "samples", "vocab"))
-        token = choose_tokens(logits, step_keys(step), method)
+        token = choose_tokens(logits, step_keys(step), method, argmax_samples)
         log_prob = jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), token[..., None], axis=-1)[..., 0]
         token = jnp.where(state.done, pad_id, token)
         tokens = state.tokens.at[:, :, step].set(token)
@@ -280,6 +304,7 @@ def temperature_sample(
         cache=cache,
     )
     state = choose(state, first_logits.astype(jnp.float32), jnp.zeros((), jnp.int32))
+    decode_params = lm.decode_params(params)
 
     def keep_going(state: _LoopState) -> Array:
         return (state.step + 1 < max_new_tokens) & ~jnp.all(state.done)
@@ -287,7 +312,7 @@ def temperature_sample(
     def body(state: _LoopState) -> _LoopState:
         previous = jax.lax.dynamic_index_in_dim(state.tokens, state.step, axis=2, keepdims=False)
         positions = offset + prompt_lengths[:, None] + state.step  # RoPE position of `previous`
-        logits, cache = lm.decode(params, previous, jnp.broadcast_to(positions, shape).astype(jnp.int32),
+        logits, cache = lm.decode(decode_params, previous, jnp.broadcast_to(positions, shape).astype(jnp.int32),
                                   state.cache)
         return choose(state.replace(cache=cache), logits.astype(jnp.float32), state.step + 1)
 
@@ -306,6 +331,7 @@ class SamplerSpec:
     eos_ids: tuple[int, ...] = ()
     stop_sequences: tuple[tuple[int, ...], ...] = ()
     pad_id: int = 0
+    argmax_samples: int = 0
 
 
 def make_sampler(lm: LanguageModel, spec: SamplerSpec, mesh: jax.sharding.Mesh | None = None):
@@ -322,7 +348,7 @@ def make_sampler(lm: LanguageModel, spec: SamplerSpec, mesh: jax.sharding.Mesh |
                 lm, params, prompt_tokens, prompt_lengths, example_ids, seed=seed,
                 num_samples=spec.num_samples, max_new_tokens=spec.max_new_tokens, method=spec.method,
                 eos_ids=spec.eos_ids, stop_sequences=spec.stop_sequences, pad_id=spec.pad_id,
-                context_tokens=context_tokens,
+                context_tokens=context_tokens, argmax_samples=spec.argmax_samples,
             )
 
     return jax.jit(run)

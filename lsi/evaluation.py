@@ -1,7 +1,8 @@
 """Evaluation with the paper's three prompting methods (PAPER.md section 6).
 
 - `standard`: few-shot direct-answer prompt, greedy.
-- `cot_greedy`: few-shot chain-of-thought prompt, greedy ("single path").
+- `cot_greedy`: few-shot chain-of-thought prompt, greedy ("single path"). With self-consistency in the same run,
+  the greedy path is an argmax sample of self-consistency's batch: one prefill and one decode loop serve both.
 - `self_consistency`: m sampled CoT paths at temperature T (top-k optional), majority vote over parsed answers.
   Accuracy at smaller m comes from the same run by subsampling paths (Figure 5), averaged over seeded subsets.
 
@@ -118,6 +119,22 @@ def prediction_record(example: Example, prompt: str, completion: Completion, ans
     }
 
 
+def _sampling_runs(modes: Sequence[str]) -> list[tuple[str, ...]]:
+    """Modes grouped into sampler runs: greedy CoT rides along as sample 0 of self-consistency's batch (the same
+    prompts, so one prefill and one decode loop serve both; its path equals a greedy-only run's)."""
+    if "cot_greedy" in modes and "self_consistency" in modes:
+        return [(m,) for m in modes if m not in ("cot_greedy", "self_consistency")] + [
+            ("cot_greedy", "self_consistency")]
+    return [(m,) for m in modes]
+
+
+def _samples(completion: Completion, first: int, last: int) -> Completion:
+    """Samples [first, last) of a completion."""
+    return dataclasses.replace(
+        completion, texts=completion.texts[first:last], token_ids=completion.token_ids[first:last],
+        finish_reasons=completion.finish_reasons[first:last], sum_log_probs=completion.sum_log_probs[first:last])
+
+
 def _mode_records(mode: str, task: Task, examples: Sequence[Example], completions: dict[str, Completion],
                   prompts: dict[str, str]) -> tuple[list[dict[str, Any]], list[list[str | None]]]:
     records = [prediction_record(e, prompts[e.id], completions[e.id], task.answer_type) for e in examples]
@@ -161,17 +178,16 @@ def evaluate(task: Task, lm: LanguageModel, params: Any, vocab: Any, max_length:
     all_metrics: dict[str, Any] = {"task": task.name, "answer_type": task.answer_type, "config":
                                    dataclasses.asdict(config), "modes": {}}
     done = _complete_modes(output_dir, all_metrics, examples)
-    for mode in config.modes:
-        if mode in done:
-            all_metrics["modes"][mode] = done[mode]
-            continue
-        fmt = PromptFormat.FEW_SHOT_DIRECT if mode == "standard" else PromptFormat.FEW_SHOT_COT
-        greedy = mode != "self_consistency"
+    results = dict(done)
+    for modes in _sampling_runs([mode for mode in config.modes if mode not in done]):
+        fmt = PromptFormat.FEW_SHOT_DIRECT if modes == ("standard",) else PromptFormat.FEW_SHOT_COT
+        greedy_modes = [mode for mode in modes if mode != "self_consistency"]
+        num_samples = len(greedy_modes) + (config.num_samples if "self_consistency" in modes else 0)
         sampler = BatchSampler(
             lm, params, vocab, max_length,
-            num_samples=1 if greedy else config.num_samples,
-            max_new_tokens=config.max_new_tokens,
-            method=Greedy() if greedy else Temperature(config.temperature, config.top_k, config.top_p),
+            num_samples=num_samples, argmax_samples=len(greedy_modes), max_new_tokens=config.max_new_tokens,
+            method=Temperature(config.temperature, config.top_k, config.top_p) if "self_consistency" in modes
+            else Greedy(),
             stop_strings=stop_strings(task.exemplars_for(examples[0])),
             batch_size=config.batch_size, seed=config.seed, mesh=mesh, progress=progress,
         )
@@ -179,12 +195,22 @@ def evaluate(task: Task, lm: LanguageModel, params: Any, vocab: Any, max_length:
         prompts = {r.example_id: r.prompt for r in requests}
         start = time.perf_counter()
         completions = {c.example_id: c for c in sampler.run(requests, total=len(requests))}
-        records, answers = _mode_records(mode, task, examples, completions, prompts)
-        write_jsonl_atomic(output_dir / mode / "predictions.jsonl", records)
-        mode_metrics = _mode_metrics(mode, task, records, answers, examples, config, sampler)
-        mode_metrics["seconds"] = time.perf_counter() - start
-        all_metrics["modes"][mode] = mode_metrics
-        write_json_atomic(output_dir / "metrics.json", all_metrics)
+        seconds = time.perf_counter() - start
+        for mode in modes:
+            # The greedy path is sample 0 of a shared run; self-consistency's paths are the samples after it.
+            first = 0 if mode != "self_consistency" else len(greedy_modes)
+            last = first + 1 if mode != "self_consistency" else num_samples
+            mode_completions = {i: _samples(c, first, last) for i, c in completions.items()}
+            records, answers = _mode_records(mode, task, examples, mode_completions, prompts)
+            write_jsonl_atomic(output_dir / mode / "predictions.jsonl", records)
+            mode_metrics = _mode_metrics(mode, task, records, answers, examples, config, sampler)
+            mode_metrics["seconds"] = seconds
+            if len(modes) > 1:
+                mode_metrics["sampled_with"] = [other for other in modes if other != mode]
+            results[mode] = mode_metrics
+            all_metrics["modes"] = {m: results[m] for m in config.modes if m in results}
+            write_json_atomic(output_dir / "metrics.json", all_metrics)
+    all_metrics["modes"] = {m: results[m] for m in config.modes if m in results}
     return all_metrics
 
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import pathlib
 import time
 from typing import Any, Sequence
@@ -391,6 +392,10 @@ def main(argv: Sequence[str]) -> None:
 
     del argv
     args = flags.FLAGS
+    if args.jax_cache_dir:
+        # Samplers and train steps of the same shapes compile once across stages, rounds and reruns: the eval
+        # after training reuses the programs of the eval before it.
+        jax.config.update("jax_compilation_cache_dir", os.path.expanduser(args.jax_cache_dir))
     parse_gin(args.gin_file, args.gin_param)
     experiment = Experiment()
     if experiment.distributed:
@@ -413,6 +418,8 @@ def _define_flags() -> None:
     flags.DEFINE_multi_enum("stage", ["self_improve"], list(STAGES), "Stages to run, in order.")
     flags.DEFINE_integer("round", 1, "Self-improvement round of the sample/vote/format/train stages (from 1).")
     flags.DEFINE_string("eval_tag", None, "Sub-folder of run_dir/eval/ (default: base, or round_<r> for trained).")
+    flags.DEFINE_string("jax_cache_dir", os.environ.get("JAX_COMPILATION_CACHE_DIR", "~/.cache/lsi/jax"),
+                        "Persistent XLA compilation cache ('' disables it; default $JAX_COMPILATION_CACHE_DIR if set).")
     flags.DEFINE_string("eval_model", "base", "Model to evaluate: base, trained (the round's fine-tuned model) "
                         "or a checkpoint path/name.")
 

@@ -1,5 +1,6 @@
 """Evaluation end to end on a tiny random model: files written, metrics consistent with predictions."""
 
+import dataclasses
 import json
 
 import jax
@@ -44,6 +45,27 @@ def test_all_modes_write_predictions_and_metrics(setup, tmp_path):
     assert sum(b["count"] for b in sc["calibration"]) == 5
     assert "toy_sums" in format_summary(result)
 
+
+
+def test_greedy_sampled_with_self_consistency_equals_separate_runs(setup, tmp_path):
+    """Greedy CoT rides along as sample 0 of self-consistency's batch: both modes' predictions equal the ones of
+    a run of each mode alone."""
+    cfg, params, vocab, task = setup
+    lm = TransformerLM(cfg)
+    config = EvalConfig(modes=("cot_greedy", "self_consistency"), num_samples=3, max_new_tokens=6,
+                        subsample_sizes=(1, 3), subsample_repeats=2, batch_size=4)
+    together = evaluate(task, lm, params, vocab, cfg.max_length, config, tmp_path / "together", progress=False)
+    assert together["modes"]["cot_greedy"]["sampled_with"] == ["self_consistency"]
+    for mode in config.modes:
+        alone_config = dataclasses.replace(config, modes=(mode,))
+        alone = evaluate(task, lm, params, vocab, cfg.max_length, alone_config, tmp_path / mode, progress=False)
+        assert "sampled_with" not in alone["modes"][mode]
+        shared = load_predictions(tmp_path / "together" / mode / "predictions.jsonl")
+        separate = load_predictions(tmp_path / mode / mode / "predictions.jsonl")
+        assert [[s["text"] for s in r["samples"]] for r in shared] == [[s["text"] for s in r["samples"]]
+                                                                       for r in separate]
+        assert [r["vote"] for r in shared] == [r["vote"] for r in separate]
+        assert together["modes"][mode]["accuracy"] == alone["modes"][mode]["accuracy"]
 
 def test_subset_accuracy_uses_votes_of_subsets():
     examples = [Example("a", "q", "1"), Example("b", "q", "2")]

@@ -9,9 +9,12 @@ from lsi.models import (
     Transformer,
     abstract_params,
     get_config,
+    decode_layerwise,
     init_decode_cache,
     init_params,
+    layerwise_cache,
     padded_positions,
+    split_layers,
 )
 from lsi.models.configs import RopeScaling
 
@@ -152,6 +155,33 @@ def test_samples_share_prefix_and_diverge():
         logits, cache = step(params, continuations[None, :, t], jnp.full((1, 3), 5 + t), cache)
         np.testing.assert_allclose(logits[0], alone[:, 5 + t], atol=1e-5, rtol=1e-5)
 
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_layerwise_decode_equals_scanned_decode(name):
+    """The samplers' unrolled decode: the same logits and cache as the scanned `Transformer.decode`, step by step."""
+    cfg = CONFIGS[name]
+    model = Transformer(cfg)
+    params = init_params(cfg, jax.random.PRNGKey(8))
+    prompt = _random_tokens((2, 6), cfg.vocab_size, seed=9)
+    mask = jnp.asarray([[True] * 6, [True] * 4 + [False] * 2])
+    _, (k, v) = model.apply({"params": params}, prompt, padded_positions(mask), mask.astype(jnp.int32),
+                            return_kv=True)
+    scanned = init_decode_cache(k, v, mask, num_samples=3, max_new=4)
+    layerwise = layerwise_cache(scanned)
+    layer_params = split_layers(params["layers"])
+    assert len(layer_params) == cfg.num_layers
+    step = _decode_step(cfg)
+    step_layerwise = jax.jit(lambda p, lp, t, pos, c: decode_layerwise(cfg, p, lp, t, pos, c))
+    for t in range(4):
+        tokens = _random_tokens((2, 3), cfg.vocab_size, seed=20 + t)
+        positions = jnp.asarray([[6 + t] * 3, [4 + t] * 3], jnp.int32)
+        expected, scanned = step(params, tokens, positions, scanned)
+        logits, layerwise = step_layerwise(params, layer_params, tokens, positions, layerwise)
+        np.testing.assert_allclose(logits, expected, atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(np.stack(layerwise.k), scanned.k, atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(np.stack(layerwise.v), scanned.v, atol=1e-5, rtol=1e-5)
+    assert int(layerwise.index) == int(scanned.index) == 4
 
 def test_bfloat16_compute_is_close_to_float32():
     cfg = CONFIGS["gqa"]

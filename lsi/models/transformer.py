@@ -416,6 +416,56 @@ class Transformer(nn.Module):
         return constrain(self._logits(x), ("batch", "samples", "vocab")), cache
 
 
+
+@flax.struct.dataclass
+class LayerwiseDecodeCache:
+    """`DecodeCache` with one array per layer instead of a stacked `layers` axis (see `decode_layerwise`)."""
+
+    prefix_k: tuple[Array, ...]  # layers x [batch, kv_heads, prefix_len, head_dim]
+    prefix_v: tuple[Array, ...]  # layers x [batch, kv_heads, prefix_len, head_dim]
+    prefix_mask: Array  # [batch, prefix_len] bool
+    k: tuple[Array, ...]  # layers x [batch, samples, kv_heads, max_new, head_dim]
+    v: tuple[Array, ...]  # layers x [batch, samples, kv_heads, max_new, head_dim]
+    index: Array  # [] int32
+
+
+def split_layers(stacked: Any) -> tuple[Any, ...]:
+    """A pytree with a leading `layers` axis on every leaf -> one pytree per layer."""
+    num_layers = jax.tree_util.tree_leaves(stacked)[0].shape[0]
+    return tuple(jax.tree_util.tree_map(lambda leaf, i=i: leaf[i], stacked) for i in range(num_layers))
+
+
+def layerwise_cache(cache: DecodeCache) -> LayerwiseDecodeCache:
+    return LayerwiseDecodeCache(prefix_k=split_layers(cache.prefix_k), prefix_v=split_layers(cache.prefix_v),
+                                prefix_mask=cache.prefix_mask, k=split_layers(cache.k), v=split_layers(cache.v),
+                                index=cache.index)
+
+
+def decode_layerwise(config: TransformerConfig, params: Any, layer_params: tuple[Any, ...], tokens: Array,
+                     positions: Array, cache: LayerwiseDecodeCache) -> tuple[Array, LayerwiseDecodeCache]:
+    """`Transformer.decode` with its layer loop unrolled over per-layer weights and caches.
+
+    In the scanned decode, XLA:CPU copies each layer's weights and caches out of the stacked arrays on every step
+    (a dynamic slice feeding a matmul is materialised), about a fifth of a SmolLM2 decode step. A sampler slices the
+    weights once per batch (`split_layers(params["layers"])`) and keeps the cache per layer, so a step reads both in
+    place. Same numbers as `Transformer.decode` (a test); compiling takes longer, as every layer is traced.
+    layer_params: `split_layers(params["layers"])`; tokens, positions: int32 [batch, samples].
+    """
+    model, block = Transformer(config), Block(config)
+    x = constrain(model.apply({"params": params}, tokens, method=Transformer._embed), ("batch", "samples", "embed"))
+    shared = (positions, cache.prefix_mask, cache.index)
+    start = (0, 0, 0, cache.index, 0)
+    new_k, new_v = [], []
+    for weights, prefix_k, prefix_v, k, v in zip(layer_params, cache.prefix_k, cache.prefix_v, cache.k, cache.v):
+        x, (k_step, v_step) = block.apply({"params": weights}, x, shared, (prefix_k, prefix_v, k, v))
+        # k_step, v_step: [batch, samples, kv_heads, hd] -> written in place at slot `index`.
+        new_k.append(jax.lax.dynamic_update_slice(k, k_step[:, :, :, None].astype(k.dtype), start))
+        new_v.append(jax.lax.dynamic_update_slice(v, v_step[:, :, :, None].astype(v.dtype), start))
+    logits = model.apply({"params": params}, x, method=Transformer._logits)
+    cache = cache.replace(k=tuple(new_k), v=tuple(new_v), index=cache.index + 1)
+    return constrain(logits, ("batch", "samples", "vocab")), cache
+
+
 def padded_positions(segment_ids: Array) -> Array:
     """RoPE positions that count only real tokens: [batch, length] -> [batch, length] (0 at each row's first token).
 

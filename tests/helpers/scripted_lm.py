@@ -35,6 +35,9 @@ class ScriptedLM:
             logits = logits.at[..., jnp.asarray(self.noise_tokens)].set(self.noise_logit)
         return jnp.where(jnp.arange(self.vocab_size) == token, 0.0, logits)
 
+    def decode_params(self, params):
+        return params
+
     def prefill(self, params, tokens, lengths, num_samples, max_new, context_tokens=None):
         batch = tokens.shape[0]
         return self._logits(jnp.zeros((), jnp.int32), (batch,)), {"index": jnp.zeros((), jnp.int32)}
