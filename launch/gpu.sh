@@ -27,10 +27,8 @@
 #   XLA_PYTHON_CLIENT_MEM_FRACTION   share of each GPU's memory JAX reserves (default here: 0.9; JAX's is 0.75)
 set -euo pipefail
 
-usage() {
-  sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//' >&2
-  exit "${1:-2}"
-}
+# shellcheck source=launch/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 gpus=""
@@ -53,7 +51,7 @@ while (($#)); do
 done
 
 [[ -n "$run_dir" ]] || { echo "gpu.sh: --run_dir=DIR (or LSI_RUN_DIR) is required." >&2; usage; }
-case "$run_dir" in *[\"\\]*) echo "gpu.sh: run_dir must not contain a double quote or a backslash." >&2; exit 2 ;; esac
+check_run_dir_quotable gpu.sh "$run_dir"
 
 if [[ -n "$gpus" ]]; then
   [[ "$gpus" =~ ^[1-9][0-9]*$ ]] || { echo "gpu.sh: --gpus must be a positive integer, got '$gpus'." >&2; exit 2; }
@@ -90,15 +88,6 @@ if [[ "$mesh" != "none" ]]; then
   cmd+=("--gin_file=$mesh")
 fi
 cmd+=("--gin_param=lsi.Experiment.run_dir=\"$run_dir\"" "--gin_param=lsi.Experiment.distributed=False")
-
-# Quotes one word for a POSIX shell, leaving plain words (the usual flags and paths) as they are.
-shq() {
-  if [[ "$1" =~ ^[A-Za-z0-9_./:=,+@%-]+$ ]]; then
-    printf '%s' "$1"
-  else
-    printf "'%s'" "${1//\'/\'\\\'\'}"
-  fi
-}
 
 cd "$repo_root"
 if ((dry_run)); then

@@ -35,10 +35,8 @@
 #   GCLOUD_SSH_FLAGS  extra flags for `gcloud compute tpus tpu-vm ssh` (e.g. "--tunnel-through-iap")
 set -euo pipefail
 
-usage() {
-  sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//' >&2
-  exit "${1:-2}"
-}
+# shellcheck source=launch/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 tpu="${TPU_NAME:-}"
 zone="${TPU_ZONE:-}"
@@ -73,20 +71,11 @@ case "$run_dir" in
   *) echo "tpu_pod.sh: run_dir '$run_dir' must be an absolute path on a filesystem every worker mounts." >&2
     exit 2 ;;
 esac
-case "$run_dir" in *[\"\\]*) echo "tpu_pod.sh: run_dir must not contain a double quote or a backslash." >&2; exit 2 ;; esac
+check_run_dir_quotable tpu_pod.sh "$run_dir"
 
 # shellcheck disable=SC2088  # the ~ is meant for the workers' shell, not this one
 repo_dir="${LSI_REPO_DIR:-~/lsi}"
 python="${LSI_PYTHON:-.venv/bin/python}"
-
-# Quotes one word for a POSIX shell, leaving plain words (the usual flags and paths) as they are.
-shq() {
-  if [[ "$1" =~ ^[A-Za-z0-9_./:=,+@%-]+$ ]]; then
-    printf '%s' "$1"
-  else
-    printf "'%s'" "${1//\'/\'\\\'\'}"
-  fi
-}
 
 # The command every worker runs. A leading ~/ of the repo dir stays unquoted so that it expands on the worker.
 case "$repo_dir" in

@@ -101,7 +101,7 @@ class Experiment:
     def __post_init__(self) -> None:
         if self.num_rounds < 1:
             raise ValueError(f"num_rounds must be >= 1, got {self.num_rounds}.")
-        self._tasks: dict[str, Any] = {}
+        self._tasks: dict[tuple[str, str], Any] = {}  # (name, "base" or "generated") -> task
         self._loaded: tuple[str, tuple[Any, Any, Any, Any]] | None = None
 
     @property
@@ -140,21 +140,28 @@ class Experiment:
     def formatted_task_name(self, round_index: int, task: str) -> str:
         return f"lsi_{self.path.name}_round{round_index}_{self.task_obj(task).name}"
 
-    def task_obj(self, name: str | None = None) -> Any:
-        """The task called `name` (default: `task`), built once; `task_kwargs` apply to `task` only."""
+    def base_task(self, name: str | None = None) -> Any:
+        """The registered task called `name` (default: `task`), built once; `task_kwargs` apply to `task` only."""
         from lsi.tasks import get_task  # noqa: PLC0415
 
         name = name or self.task
-        if name not in self._tasks:
-            task = get_task(name, **(self.task_kwargs if name == self.task else {}))
-            if name == self.task and self.generated_exemplars:
-                files = sorted((self.path / "exemplars").glob("generated_*.json"))
-                if not files:
-                    raise FileNotFoundError(f"generated_exemplars is set but {self.path / 'exemplars'} has no "
-                                            f"generated_*.json: run --stage=exemplars first.")
-                task = rotating_task(task, files)
-            self._tasks[name] = task
-        return self._tasks[name]
+        key = (name, "base")
+        if key not in self._tasks:
+            self._tasks[key] = get_task(name, **(self.task_kwargs if name == self.task else {}))
+        return self._tasks[key]
+
+    def task_obj(self, name: str | None = None) -> Any:
+        """`base_task(name)`, prompted with the exemplars stage's templates when `generated_exemplars` is set."""
+        name = name or self.task
+        if name != self.task or not self.generated_exemplars:
+            return self.base_task(name)
+        if (name, "generated") not in self._tasks:
+            files = sorted((self.path / "exemplars").glob("generated_*.json"))
+            if not files:
+                raise FileNotFoundError(f"generated_exemplars is set but {self.path / 'exemplars'} has no "
+                                        f"generated_*.json: run --stage=exemplars first.")
+            self._tasks[(name, "generated")] = rotating_task(self.base_task(name), files)
+        return self._tasks[(name, "generated")]
 
     def loaded_model(self, checkpoint: str) -> tuple[Any, Any, Any, Any]:
         """(TransformerLM, params placed on the mesh, vocabulary, mesh) of a checkpoint. Only the last one loaded is
@@ -271,11 +278,8 @@ def run_exemplars(experiment: Experiment) -> dict[str, Any]:
     if done is not None and len(list(directory.glob("generated_*.json"))) == experiment.exemplars.templates:
         return done
     lm, params, vocab, mesh = experiment.loaded_model(experiment.model)
-    # The templates come from the task's own pool questions, so build the task without generated exemplars.
-    from lsi.tasks import get_task  # noqa: PLC0415
-
-    task = get_task(experiment.task, **experiment.task_kwargs)
-    paths = generate_exemplars(task, lm, params, vocab, lm.config.max_length, experiment.exemplars, directory,
+    # The templates come from the task's own pool questions, asked without any exemplars of their own.
+    paths = generate_exemplars(experiment.base_task(), lm, params, vocab, lm.config.max_length, experiment.exemplars, directory,
                                mesh=mesh)
     print(f"[exemplars] {len(paths)} templates of {experiment.exemplars.shots} -> {directory}", flush=True)
     return json.loads((directory / "manifest.json").read_text())

@@ -24,13 +24,12 @@ from __future__ import annotations
 import collections
 import dataclasses
 import math
-import re
 import statistics
 from typing import Sequence
 
 import numpy as np
 
-from lsi.tasks.answers import canonicalize
+from lsi.tasks.answers import canonicalize, is_decimal_number
 
 DEFAULT_CONFIDENCE = 0.95
 
@@ -134,11 +133,6 @@ def _drop_form(answer: str | None) -> str | None:
     return None if answer is None else canonicalize(answer, "drop")
 
 
-def _is_number(token: str) -> bool:
-    """Whether a canonical DROP token is a number (canonical numbers are "-12.5"-shaped; "nan" is a word)."""
-    return re.fullmatch(r"-?\d+(?:\.\d+)?", token) is not None
-
-
 def _numbers_equal(a: str, b: str) -> bool:
     return math.isclose(float(a), float(b), rel_tol=1e-6, abs_tol=0.0)
 
@@ -160,7 +154,7 @@ def drop_exact_match(prediction: str | None, golds: Sequence[str] | str) -> floa
         expected = _drop_form(gold)
         if expected is None:
             continue
-        if _is_number(predicted) and _is_number(expected):
+        if is_decimal_number(predicted) and is_decimal_number(expected):
             if _numbers_equal(predicted, expected):
                 return 1.0
         elif predicted == expected:
@@ -169,11 +163,11 @@ def drop_exact_match(prediction: str | None, golds: Sequence[str] | str) -> floa
 
 
 def _token_f1(predicted: str, expected: str) -> float:
-    if _is_number(predicted) and _is_number(expected):
+    if is_decimal_number(predicted) and is_decimal_number(expected):
         return 1.0 if _numbers_equal(predicted, expected) else 0.0
     predicted_tokens, expected_tokens = predicted.split(), expected.split()
-    gold_numbers = {t for t in expected_tokens if _is_number(t)}
-    predicted_numbers = {t for t in predicted_tokens if _is_number(t)}
+    gold_numbers = {t for t in expected_tokens if is_decimal_number(t)}
+    predicted_numbers = {t for t in predicted_tokens if is_decimal_number(t)}
     if gold_numbers and not gold_numbers & predicted_numbers:
         return 0.0
     common = sum((collections.Counter(predicted_tokens) & collections.Counter(expected_tokens)).values())

@@ -197,7 +197,10 @@ def test_palm_540b_fits_a_v4_1024_slice_without_allocating():
 
 # --- launchers ---------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("script", LAUNCHERS, ids=[p.name for p in LAUNCHERS])
+SHELL_SCRIPTS = LAUNCHERS + [REPO / "launch" / "common.sh"]
+
+
+@pytest.mark.parametrize("script", SHELL_SCRIPTS, ids=[p.name for p in SHELL_SCRIPTS])
 def test_launcher_is_valid_bash(script):
     subprocess.run(["bash", "-n", str(script)], check=True)
     shellcheck = shutil.which("shellcheck") or shutil.which("shellcheck", path=str(pathlib.Path(sys.executable).parent))

@@ -189,6 +189,11 @@ def _check_type(answer_type: str) -> None:
 # --- numbers -------------------------------------------------------------------------------------------------------
 
 
+def is_decimal_number(text: str) -> bool:
+    """Whether canonical text is a decimal number ("-12.5"-shaped, as `format_number` writes finite decimals)."""
+    return re.fullmatch(r"-?\d+(?:\.\d+)?", text) is not None
+
+
 def format_number(value: fractions.Fraction) -> str:
     """Canonical text of an exact value: a finite decimal without trailing zeros, else a reduced fraction "p/q"."""
     denominator, exponent = value.denominator, 0

@@ -27,7 +27,7 @@ import pathlib
 import re
 
 from lsi.tasks import loading
-from lsi.tasks.answers import canonicalize
+from lsi.tasks.answers import canonicalize, is_decimal_number
 from lsi.tasks.base import Example, Task, data_file
 
 DROP_FILE = "drop/drop_v0_dev.jsonl.gz"
@@ -118,7 +118,7 @@ def _load_drop_file(path: pathlib.Path, mtime_ns: int) -> tuple[Example, ...]:
                 "passage": passage,
                 "question": question,
                 "subset": drop_subset(passage),
-                "numeric": _is_number(gold),
+                "numeric": is_decimal_number(gold),
             },
         ))
     return tuple(examples)
@@ -134,10 +134,6 @@ def drop_gold(text: str) -> str:
         return text
     canonical = canonicalize(text, "drop")
     return canonical if canonical is not None else " ".join(text.split())
-
-
-def _is_number(text: str) -> bool:
-    return bool(re.fullmatch(r"-?\d+(?:\.\d+)?", text))
 
 
 def drop(data_dir=None, seed=0, pool_size=None, eval_size=None, eval_fraction: float = 0.5) -> Task:
