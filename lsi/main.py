@@ -279,8 +279,8 @@ def run_exemplars(experiment: Experiment) -> dict[str, Any]:
         return done
     lm, params, vocab, mesh = experiment.loaded_model(experiment.model)
     # The templates come from the task's own pool questions, asked without any exemplars of their own.
-    paths = generate_exemplars(experiment.base_task(), lm, params, vocab, lm.config.max_length, experiment.exemplars, directory,
-                               mesh=mesh)
+    paths = generate_exemplars(experiment.base_task(), lm, params, vocab, lm.config.max_length, experiment.exemplars,
+                               directory, mesh=mesh)
     print(f"[exemplars] {len(paths)} templates of {experiment.exemplars.shots} -> {directory}", flush=True)
     return json.loads((directory / "manifest.json").read_text())
 
