@@ -88,6 +88,12 @@ def init_decode_cache(
     )
 
 
+def write_slot(cache: Array, step: Array, index: Array) -> Array:
+    """Writes one decode step's keys or values into generated slot `index`, in place.
+    cache: [..., kv_heads, max_new, hd]; step: [..., kv_heads, hd]."""
+    return jax.lax.dynamic_update_slice_in_dim(cache, step[..., None, :].astype(cache.dtype), index, axis=cache.ndim - 2)
+
+
 def rope_inverse_frequencies(config: TransformerConfig) -> np.ndarray:
     """[head_dim // 2] rotation frequencies, with Llama 3's frequency-dependent scaling when configured."""
     exponents = np.arange(0, config.head_dim, 2, dtype=np.float64) / config.head_dim
@@ -407,12 +413,8 @@ class Transformer(nn.Module):
         layer_caches = (cache.prefix_k, cache.prefix_v, cache.k, cache.v)
         x, (k_new, v_new) = self.layers(x, (positions, cache.prefix_mask, cache.index), layer_caches)
         # k_new, v_new: [layers, batch, samples, kv_heads, hd] -> written in place at slot `index`.
-        start = (0, 0, 0, 0, cache.index, 0)
-        cache = cache.replace(
-            k=jax.lax.dynamic_update_slice(cache.k, k_new[:, :, :, :, None].astype(cache.k.dtype), start),
-            v=jax.lax.dynamic_update_slice(cache.v, v_new[:, :, :, :, None].astype(cache.v.dtype), start),
-            index=cache.index + 1,
-        )
+        cache = cache.replace(k=write_slot(cache.k, k_new, cache.index), v=write_slot(cache.v, v_new, cache.index),
+                              index=cache.index + 1)
         return constrain(self._logits(x), ("batch", "samples", "vocab")), cache
 
 
@@ -454,13 +456,11 @@ def decode_layerwise(config: TransformerConfig, params: Any, layer_params: tuple
     model, block = Transformer(config), Block(config)
     x = constrain(model.apply({"params": params}, tokens, method=Transformer._embed), ("batch", "samples", "embed"))
     shared = (positions, cache.prefix_mask, cache.index)
-    start = (0, 0, 0, cache.index, 0)
     new_k, new_v = [], []
     for weights, prefix_k, prefix_v, k, v in zip(layer_params, cache.prefix_k, cache.prefix_v, cache.k, cache.v):
         x, (k_step, v_step) = block.apply({"params": weights}, x, shared, (prefix_k, prefix_v, k, v))
-        # k_step, v_step: [batch, samples, kv_heads, hd] -> written in place at slot `index`.
-        new_k.append(jax.lax.dynamic_update_slice(k, k_step[:, :, :, None].astype(k.dtype), start))
-        new_v.append(jax.lax.dynamic_update_slice(v, v_step[:, :, :, None].astype(v.dtype), start))
+        new_k.append(write_slot(k, k_step, cache.index))
+        new_v.append(write_slot(v, v_step, cache.index))
     logits = model.apply({"params": params}, x, method=Transformer._logits)
     cache = cache.replace(k=tuple(new_k), v=tuple(new_v), index=cache.index + 1)
     return constrain(logits, ("batch", "samples", "vocab")), cache
