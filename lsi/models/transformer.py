@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lsi.models.configs import TransformerConfig
+from lsi.models.custom_grads import dense, gated_mlp, output_logits
 from lsi.partitioning import constrain
 
 Array = jax.Array
@@ -175,9 +176,9 @@ class Attention(nn.Module):
         """x: [..., length, embed] -> q [..., length, heads, hd], k and v [..., length, kv_heads, hd]."""
         cfg = self.config
         dt = cfg.dtype
-        q = jnp.einsum("...d,dhk->...hk", x, self.query.astype(dt))
-        k = jnp.einsum("...d,dhk->...hk", x, self.key.astype(dt))
-        v = jnp.einsum("...d,dhk->...hk", x, self.value.astype(dt))
+        q = dense(x, self.query.astype(dt))  # [..., heads, hd]
+        k = dense(x, self.key.astype(dt))  # [..., kv_heads, hd]
+        v = dense(x, self.value.astype(dt))
         if cfg.qkv_bias:
             q, k, v = q + self.query_bias.astype(dt), k + self.key_bias.astype(dt), v + self.value_bias.astype(dt)
         q = apply_rope(q, positions, self.inv_freq)
@@ -194,7 +195,7 @@ class Attention(nn.Module):
         """[..., kv_heads, group, hd] -> [..., embed]."""
         cfg = self.config
         merged = attended.reshape(*attended.shape[:-3], cfg.num_heads, cfg.head_dim).astype(cfg.dtype)
-        return jnp.einsum("...hk,hkd->...d", merged, self.out.astype(cfg.dtype))
+        return dense(merged, self.out.astype(cfg.dtype), 2)
 
     def __call__(self, x: Array, positions: Array, segment_ids: Array,
                  context: tuple[Array, Array] | None = None) -> tuple[Array, tuple[Array, Array]]:
@@ -286,11 +287,7 @@ class MLP(nn.Module):
         gate_kernel = _param(self, "gate", (d, f), ("embed", "mlp"), _fan_in_init((0,)))
         up_kernel = _param(self, "up", (d, f), ("embed", "mlp"), _fan_in_init((0,)))
         down_kernel = _param(self, "down", (f, d), ("mlp", "embed"), _fan_in_init((0,)))
-        activation = jax.nn.silu if cfg.activation == "silu" else functools.partial(jax.nn.gelu, approximate=True)
-        gate = activation(jnp.einsum("...d,df->...f", x, gate_kernel.astype(dt)))
-        hidden = gate * jnp.einsum("...d,df->...f", x, up_kernel.astype(dt))
-        hidden = constrain(hidden, ("batch",) + (None,) * (hidden.ndim - 2) + ("mlp",))
-        return jnp.einsum("...f,fd->...d", hidden, down_kernel.astype(dt))
+        return gated_mlp(x, gate_kernel.astype(dt), up_kernel.astype(dt), down_kernel.astype(dt), cfg.activation)
 
 
 class Block(nn.Module):
@@ -367,12 +364,8 @@ class Transformer(nn.Module):
     def _logits(self, x: Array) -> Array:
         cfg = self.config
         x = self.final_norm(x)
-        if cfg.tie_embeddings:
-            logits = jnp.einsum("...d,vd->...v", x, self.embedding.astype(cfg.dtype),
-                                preferred_element_type=jnp.float32)
-        else:
-            logits = jnp.einsum("...d,dv->...v", x, self.lm_head.astype(cfg.dtype),
-                                preferred_element_type=jnp.float32)
+        head = self.embedding if cfg.tie_embeddings else self.lm_head
+        logits = output_logits(x, head.astype(cfg.dtype), cfg.tie_embeddings)
         if cfg.logits_scale is not None:
             logits = logits * cfg.logits_scale
         return logits

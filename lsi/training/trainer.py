@@ -78,13 +78,15 @@ def target_token_stats(logits: jax.Array, batch: dict[str, jax.Array]) -> tuple[
     """(sum of cross entropy, number correct, number of target tokens) over the batch's predicted target tokens.
 
     logits [batch, length, vocab] at position t predict tokens[t + 1]; a token is scored when it is a target token
-    and its predecessor is in the same segment (so no prediction crosses examples in a packed row).
+    and its predecessor is in the same segment (so no prediction crosses examples in a packed row). The last
+    position predicts nothing: it gets weight 0 rather than being sliced off, since slicing the logits to
+    length - 1 costs a padded copy of the [batch, length, vocab] gradient in the backward pass.
     """
-    targets = batch["tokens"][:, 1:]  # [batch, length - 1]
-    seg = batch["segment_ids"]
-    weights = (batch["loss_mask"][:, 1:] != 0) & (seg[:, 1:] == seg[:, :-1]) & (seg[:, 1:] != 0)
-    weights = weights.astype(jnp.float32)
-    logits = logits[:, :-1].astype(jnp.float32)
+    tokens, seg = batch["tokens"], batch["segment_ids"]
+    next_weights = (batch["loss_mask"][:, 1:] != 0) & (seg[:, 1:] == seg[:, :-1]) & (seg[:, 1:] != 0)
+    weights = jnp.pad(next_weights.astype(jnp.float32), ((0, 0), (0, 1)))  # [batch, length]
+    targets = jnp.pad(tokens[:, 1:], ((0, 0), (0, 1)))  # [batch, length]; the pad is never scored
+    logits = logits.astype(jnp.float32)
     log_z = jax.nn.logsumexp(logits, axis=-1)
     target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
     loss_sum = jnp.sum((log_z - target_logit) * weights)
