@@ -16,9 +16,9 @@ def _assert_grads_equal(custom, plain, args, rtol=1e-5):
     """Value and every argument's gradient of sum(f(args) * w) for a fixed random w."""
     out = plain(*args)
     weights = _random(99, *out.shape)
-    loss = lambda f: lambda *a: jnp.sum(f(*a) * weights)  # noqa: E731
-    value, grads = jax.value_and_grad(loss(custom), argnums=tuple(range(len(args))))(*args)
-    want_value, want = jax.value_and_grad(loss(plain), argnums=tuple(range(len(args))))(*args)
+    argnums = tuple(range(len(args)))
+    value, grads = jax.value_and_grad(lambda *a: jnp.sum(custom(*a) * weights), argnums)(*args)
+    want_value, want = jax.value_and_grad(lambda *a: jnp.sum(plain(*a) * weights), argnums)(*args)
     np.testing.assert_allclose(value, want_value, rtol=rtol)
     for got, expected in zip(grads, want):
         assert got.shape == expected.shape and got.dtype == expected.dtype
