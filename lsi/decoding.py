@@ -20,8 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from lsi.models.configs import TransformerConfig
-from lsi.models.transformer import LayerwiseDecodeCache, Transformer, decode_layerwise, init_decode_cache
-from lsi.models.transformer import layerwise_cache, split_layers
+from lsi.models.transformer import (LayerwiseDecodeCache, Transformer, decode_layerwise, init_decode_cache,
+                                    layerwise_cache, split_layers)
 from lsi.partitioning import activation_sharding, constrain
 
 Array = jax.Array

@@ -197,9 +197,12 @@ def evaluate(task: Task, lm: LanguageModel, params: Any, vocab: Any, max_length:
         completions = {c.example_id: c for c in sampler.run(requests, total=len(requests))}
         seconds = time.perf_counter() - start
         for mode in modes:
-            # The greedy path is sample 0 of a shared run; self-consistency's paths are the samples after it.
-            first = 0 if mode != "self_consistency" else len(greedy_modes)
-            last = first + 1 if mode != "self_consistency" else num_samples
+            # A greedy mode's path is its argmax sample; self-consistency's paths are the samples after those.
+            if mode == "self_consistency":
+                first, last = len(greedy_modes), num_samples
+            else:
+                first = greedy_modes.index(mode)
+                last = first + 1
             mode_completions = {i: _samples(c, first, last) for i, c in completions.items()}
             records, answers = _mode_records(mode, task, examples, mode_completions, prompts)
             write_jsonl_atomic(output_dir / mode / "predictions.jsonl", records)

@@ -65,8 +65,7 @@ def _gated_mlp_backward(activation: str, residuals: tuple[Array, ...], d_out: Ar
     return d_x.reshape(x.shape), d_gate, d_up, d_down
 
 
-gated_mlp.defvjp(lambda x, gate, up, down, activation: _gated_mlp_forward(x, gate, up, down, activation),
-                 _gated_mlp_backward)
+gated_mlp.defvjp(_gated_mlp_forward, _gated_mlp_backward)
 
 
 def _dense_forward(x: Array, kernel: Array, in_dims: int) -> Array:

@@ -411,7 +411,6 @@ class Transformer(nn.Module):
         return constrain(self._logits(x), ("batch", "samples", "vocab")), cache
 
 
-
 @flax.struct.dataclass
 class LayerwiseDecodeCache:
     """`DecodeCache` with one array per layer instead of a stacked `layers` axis (see `decode_layerwise`)."""
