@@ -20,8 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from lsi.models.configs import TransformerConfig
-from lsi.models.transformer import (LayerwiseDecodeCache, Transformer, decode_layerwise, init_decode_cache,
-                                    layerwise_cache, split_layers)
+from lsi.models.transformer import (DecodeCache, LayerwiseDecodeCache, Transformer, decode_layerwise,
+                                    init_decode_cache, layerwise_cache, split_layers)
 from lsi.partitioning import activation_sharding, constrain
 
 Array = jax.Array
@@ -87,16 +87,23 @@ class LanguageModel(Protocol):
 
 @dataclasses.dataclass(frozen=True)
 class TransformerLM:
-    """`LanguageModel` over `lsi.models.Transformer`; decoding runs layer by layer (`decode_layerwise`)."""
+    """`LanguageModel` over `lsi.models.Transformer`.
+
+    `layerwise` (the default) decodes with the layer loop unrolled (`decode_layerwise`): the faster step on CPU,
+    where the scanned decode copies every layer's weights and caches out of the stacked arrays on each step, but
+    every layer is traced and compiled. False runs the scanned `Transformer.decode`, which compiles one layer: for
+    deep models, whose unrolled decode takes long to compile. Both give the same samples (a test).
+    """
 
     config: TransformerConfig
+    layerwise: bool = True
 
-    def decode_params(self, params: Any) -> tuple[Any, tuple[Any, ...]]:
-        """(params, one weight tree per layer): the per-layer slices are copied once per batch, not per step."""
-        return params, split_layers(params["layers"])
+    def decode_params(self, params: Any) -> Any:
+        """Layerwise: (params, one weight tree per layer), the slices copied once per batch, not per step."""
+        return (params, split_layers(params["layers"])) if self.layerwise else params
 
     def prefill(self, params: Any, tokens: Array, lengths: Array, num_samples: int, max_new: int,
-                context_tokens: Array | None = None) -> tuple[Array, LayerwiseDecodeCache]:
+                context_tokens: Array | None = None) -> tuple[Array, DecodeCache | LayerwiseDecodeCache]:
         batch, length = tokens.shape
         model = Transformer(self.config)
         mask = jnp.arange(length)[None, :] < lengths[:, None]  # [batch, length]
@@ -118,10 +125,14 @@ class TransformerLM:
             v = jnp.concatenate([jnp.broadcast_to(context[1][:, None], (v.shape[0], batch, *context[1].shape[1:])),
                                  v], axis=2)
             mask = jnp.concatenate([jnp.ones((batch, offset), bool), mask], axis=1)
-        return logits, layerwise_cache(init_decode_cache(k, v, mask, num_samples, max_new))
+        cache = init_decode_cache(k, v, mask, num_samples, max_new)
+        return logits, layerwise_cache(cache) if self.layerwise else cache
 
-    def decode(self, decode_params: tuple[Any, tuple[Any, ...]], tokens: Array, positions: Array,
-               cache: LayerwiseDecodeCache) -> tuple[Array, LayerwiseDecodeCache]:
+    def decode(self, decode_params: Any, tokens: Array, positions: Array, cache: DecodeCache | LayerwiseDecodeCache
+               ) -> tuple[Array, DecodeCache | LayerwiseDecodeCache]:
+        if not self.layerwise:
+            return Transformer(self.config).apply({"params": decode_params}, tokens, positions, cache,
+                                                  method=Transformer.decode)
         params, layer_params = decode_params
         return decode_layerwise(self.config, params, layer_params, tokens, positions, cache)
 

@@ -179,6 +179,7 @@ def evaluate(task: Task, lm: LanguageModel, params: Any, vocab: Any, max_length:
                                    dataclasses.asdict(config), "modes": {}}
     done = _complete_modes(output_dir, all_metrics, examples)
     results = dict(done)
+    all_metrics["modes"] = _in_mode_order(results, config.modes)  # a rerun with every mode done returns these
     for modes in _sampling_runs([mode for mode in config.modes if mode not in done]):
         fmt = PromptFormat.FEW_SHOT_DIRECT if modes == ("standard",) else PromptFormat.FEW_SHOT_COT
         greedy_modes = [mode for mode in modes if mode != "self_consistency"]
@@ -211,10 +212,14 @@ def evaluate(task: Task, lm: LanguageModel, params: Any, vocab: Any, max_length:
             if len(modes) > 1:
                 mode_metrics["sampled_with"] = [other for other in modes if other != mode]
             results[mode] = mode_metrics
-            all_metrics["modes"] = {m: results[m] for m in config.modes if m in results}
-            write_json_atomic(output_dir / "metrics.json", all_metrics)
-    all_metrics["modes"] = {m: results[m] for m in config.modes if m in results}
+            all_metrics["modes"] = _in_mode_order(results, config.modes)
+            write_json_atomic(output_dir / "metrics.json", all_metrics)  # after each mode: a crash keeps it
     return all_metrics
+
+
+def _in_mode_order(results: dict[str, Any], modes: Sequence[str]) -> dict[str, Any]:
+    """The finished modes' metrics in the config's order, however the sampling runs grouped them."""
+    return {mode: results[mode] for mode in modes if mode in results}
 
 
 def _complete_modes(output_dir: pathlib.Path, fresh: dict[str, Any], examples: Sequence[Example]

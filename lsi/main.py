@@ -97,6 +97,9 @@ class Experiment:
     # each question getting one template by a stable hash of its id (the paper rotates 20 templates of 4 shots).
     exemplars: PromptGenConfig = dataclasses.field(default_factory=PromptGenConfig)
     generated_exemplars: bool = False
+    # Sampling decodes layer by layer (fast steps); False runs the scanned decode, which compiles much faster for
+    # deep models (see `lsi.decoding.TransformerLM`).
+    layerwise_decode: bool = True
 
     def __post_init__(self) -> None:
         if self.num_rounds < 1:
@@ -177,7 +180,8 @@ class Experiment:
             # own devices; only training spans every process's devices.
             mesh = partitioning.make_mesh(self.mesh, devices=jax.local_devices())
             params = partitioning.shard_tree(params, param_logical_axes(cfg), mesh)
-            self._loaded = (str(checkpoint), (TransformerLM(cfg), params, load_vocabulary(checkpoint), mesh))
+            self._loaded = (str(checkpoint), (TransformerLM(cfg, self.layerwise_decode), params,
+                                               load_vocabulary(checkpoint), mesh))
         return self._loaded[1]
 
 

@@ -38,9 +38,9 @@ def _prompts(lengths, width, seed=0):
     return jnp.asarray(tokens), jnp.asarray(lengths, jnp.int32)
 
 
-def _run(params, spec, tokens, lengths, ids, seed=0, mesh=None, cfg=CFG):
-    return jax.device_get(make_sampler(TransformerLM(cfg), spec, mesh)(params, tokens, lengths,
-                                                                        jnp.asarray(ids, jnp.int32), seed))
+def _run(params, spec, tokens, lengths, ids, seed=0, mesh=None, cfg=CFG, layerwise=True):
+    return jax.device_get(make_sampler(TransformerLM(cfg, layerwise), spec, mesh)(params, tokens, lengths,
+                                                                                   jnp.asarray(ids, jnp.int32), seed))
 
 
 def test_greedy_equals_argmax_of_full_forward(params):
@@ -83,6 +83,21 @@ def test_samples_identical_on_one_device_and_on_meshes(params, mesh_shape):
     sharded = _run(sharded_params, spec, tokens, lengths, ids, mesh=mesh)
     np.testing.assert_array_equal(sharded.tokens, single.tokens)
     np.testing.assert_array_equal(sharded.finish_reason, single.finish_reason)
+
+
+@pytest.mark.parametrize("mesh_shape", [None, (2, 2, 2)])
+def test_scanned_decode_samples_what_the_layerwise_decode_samples(params, mesh_shape):
+    spec = SamplerSpec(num_samples=3, max_new_tokens=7, method=Temperature(0.9, top_k=40))
+    tokens, lengths = _prompts([5, 9, 16, 2, 7, 8, 3, 11], 16, seed=8)
+    ids = list(range(8))
+    mesh = partitioning.make_mesh(mesh_shape) if mesh_shape else None
+    placed = partitioning.shard_tree(params, param_logical_axes(CFG), mesh) if mesh else params
+    layerwise = _run(placed, spec, tokens, lengths, ids, mesh=mesh)
+    scanned = _run(placed, spec, tokens, lengths, ids, mesh=mesh, layerwise=False)
+    np.testing.assert_array_equal(scanned.tokens, layerwise.tokens)
+    np.testing.assert_array_equal(scanned.lengths, layerwise.lengths)
+    np.testing.assert_allclose(scanned.log_probs, layerwise.log_probs, atol=1e-5)
+    assert len({tuple(row) for row in layerwise.tokens[:, 0]}) > 1  # real, varied samples
 
 
 @pytest.mark.parametrize("temperature", [0.7, 1.2])
