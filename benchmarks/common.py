@@ -52,13 +52,15 @@ def time_call(fn: Callable[[], Any], warmup: int = 1, repeats: int = 3) -> dict[
     return time_interleaved({"fn": lambda: timed_call(fn)}, warmup=warmup, repeats=repeats)["fn"]
 
 
-def time_interleaved(calls: dict[str, Callable[[], tuple[float, float]]], warmup: int = 1, repeats: int = 3
-                     ) -> dict[str, dict[str, Any]]:
+def time_interleaved(calls: dict[str, Callable[[], tuple[float, float]]], warmup: int = 1, repeats: int = 3,
+                     settle: dict[str, Callable[[], Any]] | None = None) -> dict[str, dict[str, Any]]:
     """Times several sides in alternating rounds (A B, B A, A B, ...) after `warmup` untimed calls of each.
 
     Each callable runs one blocking call and returns its (wall_s, cpu_s), measured where it ran (`timed_call`, in
     this process or in a `SideProcess`). Alternating means that a change in machine load during the run, common on a
-    shared machine, hits every side alike instead of only the one that ran last.
+    shared machine, hits every side alike instead of only the one that ran last. `settle[name]`, where given, runs
+    untimed right before each of that side's timed calls (and outside the machine-load reading): for sides whose
+    call is slower right after another side's.
     """
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}.")
@@ -71,6 +73,8 @@ def time_interleaved(calls: dict[str, Callable[[], tuple[float, float]]], warmup
     busy: dict[str, list[float | None]] = {name: [] for name in names}
     for round_index in range(repeats):
         for name in names if round_index % 2 == 0 else names[::-1]:
+            if settle and name in settle:
+                settle[name]()
             busy_start = machine_busy_seconds()
             wall, cpu = calls[name]()
             busy_end = machine_busy_seconds()

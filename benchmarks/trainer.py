@@ -3,10 +3,10 @@ model of the same checkpoint, same batch, same optimizer (AdamW, clip 1.0, no we
 
 Each side lives in its own spawned process (`common.SideProcess`) and trains on the same random batch of
 `batch x length` token ids, loss on every next-token prediction (no padding, one segment per row), so both do
-identical work. Both processes are alive at once and their steps alternate (`common.time_interleaved`): this
-machine's speed drifts by 15-25% within an hour, and alternating lets the drift hit both sides alike. Tokens/s is
-batch * length / median step time after warmup steps; each side's first step runs when it is built (ours includes
-the compile, reported apart).
+identical work. Both processes are alive at once and take turns (`common.time_interleaved`), two steps a turn of
+which the second is timed: this machine's speed drifts by 15-25% within an hour, and turns let the drift hit both
+sides alike. Tokens/s is batch * length / median timed step after warmup turns; each side's first step runs when
+it is built (ours includes the compile, reported apart).
 MFU = cfg.flops_per_token(length) * tokens/s / peak, where the peak is a float32 matmul rate measured in our process
 (a 2048^3 `jnp.dot`), or `--peak_flops`. Both sides' first-step losses are recorded: same weights and batch must give
 the same loss, which checks that the comparison is like for like.
@@ -144,7 +144,20 @@ def _model_config(work: Workload) -> Any:
     return config_from_hf(json.loads(path.read_text()), str(path))
 
 
-class OursTrainStep:
+class _TrainSide:
+    """One side's process: `settle` runs an untimed step, `run_once` times one."""
+
+    def _step(self) -> None:
+        raise NotImplementedError
+
+    def settle(self) -> None:
+        self._step()
+
+    def run_once(self) -> tuple[float, float]:
+        return common.timed_call(self._step)
+
+
+class OursTrainStep(_TrainSide):
     """Our side, built in its own process: the jitted train step on `work`'s batch, one step per `run_once`."""
 
     def __init__(self, work: Workload) -> None:
@@ -180,8 +193,6 @@ class OursTrainStep:
         self.state, metrics = self.step_fn(self.state, self.batch)
         self.losses.append(float(metrics["loss"]))  # blocks until the step is done
 
-    def run_once(self) -> tuple[float, float]:
-        return common.timed_call(self._step)
 
     def finish(self, peak_flops: float | None) -> dict[str, Any]:
         import jax  # noqa: PLC0415
@@ -198,7 +209,7 @@ class OursTrainStep:
         }
 
 
-class TorchTrainStep:
+class TorchTrainStep(_TrainSide):
     """PyTorch's side, built in its own process: a plain loop on transformers' model with torch's AdamW."""
 
     def __init__(self, work: Workload) -> None:
@@ -225,8 +236,6 @@ class TorchTrainStep:
         self.optimizer.zero_grad(set_to_none=True)
         self.losses.append(float(loss.detach()))
 
-    def run_once(self) -> tuple[float, float]:
-        return common.timed_call(self._step)
 
     def finish(self) -> dict[str, Any]:
         import torch  # noqa: PLC0415
@@ -289,9 +298,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                    sides.items()}
         setup_s = time.perf_counter() - start
         # Steps alternate between the two live processes, so a change in machine load hits both sides alike.
+        # A step right after the other process's step ran 10-25% slower than one right after its own, on both
+        # sides (measured here), so each timed step follows an untimed one of its own side.
         timings = common.time_interleaved({name: functools.partial(handle.call, "run_once")
                                            for name, handle in handles.items()},
-                                          warmup=max(work.warmup - 1, 0), repeats=work.repeats)
+                                          warmup=max(work.warmup - 1, 0), repeats=work.repeats,
+                                          settle={name: functools.partial(handle.call, "settle")
+                                                  for name, handle in handles.items()})
         results = {}
         for name, handle in handles.items():
             results[name] = handle.call("finish", *((args.peak_flops,) if name == "ours" else ()))
