@@ -89,10 +89,12 @@ class LanguageModel(Protocol):
 class TransformerLM:
     """`LanguageModel` over `lsi.models.Transformer`.
 
-    `layerwise` (the default) decodes with the layer loop unrolled (`decode_layerwise`): the faster step on CPU,
-    where the scanned decode copies every layer's weights and caches out of the stacked arrays on each step, but
-    every layer is traced and compiled. False runs the scanned `Transformer.decode`, which compiles one layer: for
-    deep models, whose unrolled decode takes long to compile. Both give the same samples (a test).
+    `layerwise` (the default) decodes with the layer loop unrolled (`decode_layerwise`), so a step reads each
+    layer's weights and caches in place, where the scanned decode copies them out of the stacked arrays; but every
+    layer is traced and compiled. False runs the scanned `Transformer.decode`, which compiles one layer for all.
+    Measured on CPU (`benchmarks/decode_paths.py`): SmolLM2-135M samples 1.10x faster layerwise but compiles in
+    14 s against 3.5 s; an 80-layer, 256-wide model compiles in 33 s against 5 s and samples faster scanned. Both
+    give the same samples (a test).
     """
 
     config: TransformerConfig

@@ -1,4 +1,4 @@
-"""benchmarks/common.py: the alternating timer the side-by-side benchmarks rely on."""
+"""Benchmark helpers: the alternating timer the side-by-side benchmarks rely on, and the decode-paths benchmark."""
 
 from benchmarks import common
 
@@ -21,3 +21,13 @@ def test_time_interleaved_alternates_sides_and_settles_each_timed_call_outside_t
                       "a", "settle b", "b"]
     assert timings["a"]["times_s"] == [1.0] * 3 and timings["b"]["median_s"] == 3.0
     assert timings["b"]["cpu_utilization"] == 0.5
+
+
+def test_decode_paths_benchmark_runs_and_both_paths_sample_alike(tmp_path):
+    from benchmarks import decode_paths
+
+    record = decode_paths.main(["--models", "tiny", "--prompt_length", "16", "--samples", "2", "--new_tokens", "4",
+                                "--repeats", "1", "--output", str(tmp_path / "decode_paths.json")])
+    assert [row["layerwise"] for row in record["results"]] == [True, False]
+    assert all(row["same_tokens_as_other_path"] and row["compile_s"] > 0 for row in record["results"])
+    assert (tmp_path / "decode_paths.json").exists()

@@ -1,0 +1,109 @@
+"""The sampler's two decode paths, side by side: the layer-by-layer decode (`TransformerLM(layerwise=True)`, the
+default) and the scanned `Transformer.decode` (`layerwise=False`): compile seconds, run seconds, sampled tokens/s,
+and whether both sample the same tokens (they must).
+
+The layerwise step reads per-layer weights and caches in place; the scanned one compiles one layer for all. Which
+wins depends on the model: SmolLM2 (30 layers) and a deep, narrow model (80 layers) are measured.
+
+    python -m benchmarks.decode_paths                    # -> benchmarks/results/decode_paths_cpu.json (~8 min)
+    python -m benchmarks.decode_paths --models tiny --output /tmp/decode_paths.json      # seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+import sys
+import time
+from typing import Any
+
+import numpy as np
+
+if __package__ in (None, ""):  # run as a script: make `benchmarks` and `lsi` importable from the repo root
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+from benchmarks import common  # noqa: E402
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+DEFAULT_OUTPUT = REPO / "benchmarks" / "results" / "decode_paths_cpu.json"
+MODELS = ("smollm2", "deep80", "tiny")
+
+
+def load_model(name: str) -> tuple[Any, Any]:
+    """(config, params): the real SmolLM2-135M-Instruct, or random weights for the deep and tiny configs."""
+    import jax  # noqa: PLC0415
+
+    from lsi.checkpoints import load_checkpoint  # noqa: PLC0415
+    from lsi.models import get_config, init_params  # noqa: PLC0415
+
+    if name == "smollm2":
+        return load_checkpoint("smollm2-135m-instruct")
+    if name == "deep80":
+        cfg = get_config("tiny", num_layers=80, embed_dim=256, num_heads=4, num_kv_heads=2, head_dim=64, mlp_dim=512)
+    else:
+        cfg = get_config("tiny")
+    return cfg, init_params(cfg, jax.random.PRNGKey(0))
+
+
+def measure(name: str, prompt_length: int, num_samples: int, new_tokens: int, repeats: int) -> list[dict[str, Any]]:
+    """Both paths on one model: 4 prompts of up to `prompt_length` tokens, `num_samples` samples of `new_tokens`."""
+    import jax.numpy as jnp  # noqa: PLC0415
+
+    from lsi.decoding import SamplerSpec, Temperature, TransformerLM, make_sampler  # noqa: PLC0415
+
+    cfg, params = load_model(name)
+    rng = np.random.default_rng(0)
+    tokens = jnp.asarray(rng.integers(1, cfg.vocab_size, (4, prompt_length)), jnp.int32)
+    lengths = jnp.asarray([prompt_length, prompt_length * 3 // 4, prompt_length // 2, prompt_length * 2 // 3],
+                          jnp.int32)
+    spec = SamplerSpec(num_samples=num_samples, max_new_tokens=new_tokens, method=Temperature(0.7, top_k=40),
+                       eos_ids=(), stop_sequences=(), pad_id=0)
+    args = (params, tokens, lengths, jnp.arange(4, dtype=jnp.int32), jnp.int32(0))
+    rows, sampled = [], {}
+    for layerwise in (True, False):
+        start = time.perf_counter()
+        compiled = make_sampler(TransformerLM(cfg, layerwise), spec).lower(*args).compile()
+        compile_s = time.perf_counter() - start
+        holder = {}
+
+        def run(compiled: Any = compiled, holder: dict = holder) -> None:
+            holder["out"] = compiled(*args)
+            holder["out"].tokens.block_until_ready()
+
+        timing = common.time_call(run, warmup=1, repeats=repeats)
+        sampled[layerwise] = np.asarray(holder["out"].tokens)
+        rows.append({"model": name, "num_layers": cfg.num_layers, "embed_dim": cfg.embed_dim,
+                     "layerwise": layerwise, "compile_s": compile_s, "timing": timing,
+                     "tokens_per_s": 4 * num_samples * new_tokens / timing["median_s"]})
+        print(f"{name:8s} layerwise={layerwise!s:5s} compile {compile_s:6.1f} s  run {timing['median_s']:6.2f} s  "
+              f"{rows[-1]['tokens_per_s']:7.1f} tokens/s", flush=True)
+    same = bool(np.array_equal(sampled[True], sampled[False]))
+    for row in rows:
+        row["same_tokens_as_other_path"] = same
+    return rows
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", default="smollm2,deep80", help=f"comma-separated, of {MODELS}")
+    parser.add_argument("--prompt_length", type=int, default=128)
+    parser.add_argument("--samples", type=int, default=16)
+    parser.add_argument("--new_tokens", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--output", type=pathlib.Path, default=DEFAULT_OUTPUT)
+    args = parser.parse_args(argv)
+    models = args.models.split(",")
+    if unknown := set(models) - set(MODELS):
+        parser.error(f"unknown --models {sorted(unknown)}; choose from {MODELS}")
+    rows = [row for name in models
+            for row in measure(name, args.prompt_length, args.samples, args.new_tokens, args.repeats)]
+    record = {"benchmark": "decode_paths", "workload": {"prompts": 4, "prompt_length": args.prompt_length,
+                                                        "samples": args.samples, "new_tokens": args.new_tokens},
+              "results": rows, "environment": common.environment_info(("jax", "jaxlib", "flax"))}
+    common.write_json(args.output, record)
+    print(f"wrote {args.output}")
+    return record
+
+
+if __name__ == "__main__":
+    main()
