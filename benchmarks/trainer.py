@@ -193,7 +193,6 @@ class OursTrainStep(_TrainSide):
         self.state, metrics = self.step_fn(self.state, self.batch)
         self.losses.append(float(metrics["loss"]))  # blocks until the step is done
 
-
     def finish(self, peak_flops: float | None) -> dict[str, Any]:
         import jax  # noqa: PLC0415
 
@@ -235,7 +234,6 @@ class TorchTrainStep(_TrainSide):
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.losses.append(float(loss.detach()))
-
 
     def finish(self) -> dict[str, Any]:
         import torch  # noqa: PLC0415
@@ -291,13 +289,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             time.sleep(10)
     work = Workload(checkpoint, hf_dir, gguf, batch, length, args.learning_rate, warmup, repeats)
     load_before = os.getloadavg()[0]
-    sides = {"ours": (OursTrainStep, ())} | ({} if args.no_reference else {"pytorch": (TorchTrainStep, ())})
+    sides = {"ours": OursTrainStep} | ({} if args.no_reference else {"pytorch": TorchTrainStep})
     with contextlib.ExitStack() as stack:
         start = time.perf_counter()
-        handles = {name: stack.enter_context(common.SideProcess(factory, work)) for name, (factory, _) in
-                   sides.items()}
+        handles = {name: stack.enter_context(common.SideProcess(factory, work)) for name, factory in sides.items()}
         setup_s = time.perf_counter() - start
-        # Steps alternate between the two live processes, so a change in machine load hits both sides alike.
         # A step right after the other process's step ran 10-25% slower than one right after its own, on both
         # sides (measured here), so each timed step follows an untimed one of its own side.
         timings = common.time_interleaved({name: functools.partial(handle.call, "run_once")

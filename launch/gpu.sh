@@ -27,7 +27,7 @@
 #   XLA_PYTHON_CLIENT_MEM_FRACTION   share of each GPU's memory JAX reserves (default here: 0.9; JAX's is 0.75)
 set -euo pipefail
 
-# shellcheck source=launch/common.sh
+# shellcheck source-path=SCRIPTDIR source=common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

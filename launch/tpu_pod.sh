@@ -35,7 +35,7 @@
 #   GCLOUD_SSH_FLAGS  extra flags for `gcloud compute tpus tpu-vm ssh` (e.g. "--tunnel-through-iap")
 set -euo pipefail
 
-# shellcheck source=launch/common.sh
+# shellcheck source-path=SCRIPTDIR source=common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 tpu="${TPU_NAME:-}"

