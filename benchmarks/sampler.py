@@ -557,15 +557,9 @@ def memory_sweep(source: ModelSource, prompt: tuple[int, ...], prompt_source: st
 
 
 def _source_config(source: ModelSource) -> Any:
-    from lsi.checkpoints import config_from_hf, resolve_model_path  # noqa: PLC0415
+    from lsi.checkpoints import load_config  # noqa: PLC0415
 
-    path = resolve_model_path(source.ours)
-    if path.suffix == ".gguf":
-        from lsi.checkpoints.gguf_file import config_from_gguf, open_gguf  # noqa: PLC0415
-
-        return config_from_gguf(open_gguf(path), str(path))
-    directory = path if path.is_dir() else path.parent
-    return config_from_hf(json.loads((directory / "config.json").read_text()))
+    return load_config(source.ours)
 
 
 # --- orchestration ------------------------------------------------------------------------------------------------

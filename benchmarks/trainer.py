@@ -25,7 +25,6 @@ import argparse
 import contextlib
 import dataclasses
 import functools
-import json
 import os
 import pathlib
 import sys
@@ -98,8 +97,6 @@ def gemm_floor(library: str, cfg: Any, tokens: int, repeats: int = 2) -> dict[st
     """Seconds the step's dense GEMMs (`dense_gemms`) take alone in `library` ("jax" or "torch"), float32, each at
     the fastest of its four operand layouts (a or a^T times b or b^T): no step built on that library's matmuls can
     be faster on this machine."""
-    import numpy as np  # noqa: PLC0415
-
     if library == "jax":
         import jax  # noqa: PLC0415
         import jax.numpy as jnp  # noqa: PLC0415
@@ -126,22 +123,15 @@ def gemm_floor(library: str, cfg: Any, tokens: int, repeats: int = 2) -> dict[st
     return {"library": library, "seconds": total, "gemms": rows}
 
 
+def _checkpoint(work: Workload) -> str:
+    """What `lsi.checkpoints` loads for our side: the tiny model's HF directory, or the checkpoint's name."""
+    return work.hf_directory if work.checkpoint.startswith("tiny") else work.checkpoint
+
+
 def _load_ours(work: Workload) -> tuple[Any, Any]:
     from lsi.checkpoints import load_checkpoint  # noqa: PLC0415
 
-    return load_checkpoint(work.hf_directory if work.checkpoint.startswith("tiny") else work.checkpoint)
-
-
-def _model_config(work: Workload) -> Any:
-    """The workload's model config, without loading its weights."""
-    from lsi.checkpoints.gguf_file import config_from_gguf, open_gguf  # noqa: PLC0415
-    from lsi.checkpoints.hf import config_from_hf  # noqa: PLC0415
-
-    if work.gguf_file:
-        path = pathlib.Path(work.hf_directory) / work.gguf_file
-        return config_from_gguf(open_gguf(path), str(path))
-    path = pathlib.Path(work.hf_directory) / "config.json"
-    return config_from_hf(json.loads(path.read_text()), str(path))
+    return load_checkpoint(_checkpoint(work))
 
 
 class _TrainSide:
@@ -193,7 +183,10 @@ class OursTrainStep(_TrainSide):
         self.state, metrics = self.step_fn(self.state, self.batch)
         self.losses.append(float(metrics["loss"]))  # blocks until the step is done
 
-    def finish(self, peak_flops: float | None) -> dict[str, Any]:
+    def matmul_peak(self) -> float:
+        return measure_matmul_peak(self.work.dtype)
+
+    def finish(self) -> dict[str, Any]:
         import jax  # noqa: PLC0415
 
         return {
@@ -201,7 +194,6 @@ class OursTrainStep(_TrainSide):
             "first_step_loss": self.losses[0],
             "losses": self.losses,
             "flops_per_token": self.cfg.flops_per_token(self.work.length),
-            "peak_flops_per_s": peak_flops or measure_matmul_peak(self.work.dtype),
             "device": str(jax.devices()[0]),
             "num_params": self.cfg.num_params,
             "dense_gemm_floor": gemm_floor("jax", self.cfg, self.work.batch_size * self.work.length),
@@ -238,11 +230,14 @@ class TorchTrainStep(_TrainSide):
     def finish(self) -> dict[str, Any]:
         import torch  # noqa: PLC0415
 
+        from lsi.checkpoints import load_config  # noqa: PLC0415
+
         return {
             "first_step_loss": self.losses[0],
             "losses": self.losses,
             "torch_threads": torch.get_num_threads(),
-            "dense_gemm_floor": gemm_floor("torch", _model_config(self.work), self.work.batch_size * self.work.length),
+            "dense_gemm_floor": gemm_floor("torch", load_config(_checkpoint(self.work)),
+                                           self.work.batch_size * self.work.length),
         }
 
 
@@ -301,9 +296,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                           warmup=max(work.warmup - 1, 0), repeats=work.repeats,
                                           settle={name: functools.partial(handle.call, "settle")
                                                   for name, handle in handles.items()})
+        peak_flops = args.peak_flops or handles["ours"].call("matmul_peak")  # measured where XLA runs
         results = {}
         for name, handle in handles.items():
-            results[name] = handle.call("finish", *((args.peak_flops,) if name == "ours" else ()))
+            results[name] = handle.call("finish")
             results[name]["process_peak_rss_bytes"] = handle.close()
     tokens_per_step = work.batch_size * work.length
     ours, theirs = results["ours"], results.get("pytorch")
@@ -311,8 +307,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         side["timing"] = timings[name]
         side["tokens_per_s"] = tokens_per_step / side["timing"]["median_s"]
         side["tokens_per_s_range"] = common.throughput(tokens_per_step, side["timing"])
-        side["mfu"] = ours["flops_per_token"] * side["tokens_per_s"] / ours["peak_flops_per_s"]
+        side["mfu"] = ours["flops_per_token"] * side["tokens_per_s"] / peak_flops
     ours["achieved_flops_per_s"] = ours["flops_per_token"] * ours["tokens_per_s"]
+    ours["peak_flops_per_s"] = peak_flops
     record: dict[str, Any] = {
         "benchmark": "trainer",
         "workload": dataclasses.asdict(work),

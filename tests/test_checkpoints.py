@@ -18,7 +18,7 @@ import torch
 from safetensors.numpy import load_file, save_file
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
-from lsi.checkpoints import CheckpointError, load_checkpoint, save_hf_directory
+from lsi.checkpoints import CheckpointError, load_checkpoint, load_config, save_hf_directory
 from lsi.models import Transformer, padded_positions
 
 ATOL = 1e-4  # float32: both sides compute the same arithmetic in a different order
@@ -286,6 +286,16 @@ GGUF_CASES = {
     "qwen2_Q8_0": ("qwen2", dict(num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False), Q.Q8_0,
                    None),
 }
+
+
+def test_load_config_is_load_checkpoints_config_without_the_weights(tmp_path):
+    model = _hf_model("llama", **_GGUF_LLAMA)
+    directory = _save(model, tmp_path / "hf")
+    gguf_path = _write_gguf(tmp_path / "model.gguf", model, Q.F32)
+    for path in (directory, directory / "config.json", gguf_path):
+        assert load_config(path) == load_checkpoint(path)[0]
+    with pytest.raises(CheckpointError, match="no config.json"):
+        load_config(tmp_path)
 
 
 @pytest.mark.parametrize("name", sorted(GGUF_CASES))

@@ -163,8 +163,8 @@ class SafetensorsFile:
         return array
 
 
-def load_hf_directory(directory: str | os.PathLike) -> tuple[TransformerConfig, dict]:
-    """(config, float32 numpy params) from a HF directory; every tensor's shape is checked against config.json."""
+def load_hf_config(directory: str | os.PathLike) -> TransformerConfig:
+    """The config of a HF directory, from its config.json alone."""
     directory = pathlib.Path(directory)
     config_path = directory / "config.json"
     if not config_path.is_file():
@@ -173,7 +173,13 @@ def load_hf_directory(directory: str | os.PathLike) -> tuple[TransformerConfig, 
         hf_config = json.loads(config_path.read_text())
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{config_path}: invalid JSON ({e}).") from None
-    cfg = config_from_hf(hf_config, str(config_path))
+    return config_from_hf(hf_config, str(config_path))
+
+
+def load_hf_directory(directory: str | os.PathLike) -> tuple[TransformerConfig, dict]:
+    """(config, float32 numpy params) from a HF directory; every tensor's shape is checked against config.json."""
+    directory = pathlib.Path(directory)
+    cfg = load_hf_config(directory)
     owner: dict[str, tuple[pathlib.Path, SafetensorsFile]] = {}
     for path in _safetensors_files(directory):
         handle = SafetensorsFile(path)
