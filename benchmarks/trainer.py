@@ -97,19 +97,19 @@ def gemm_floor(library: str, cfg: Any, tokens: int, repeats: int = 2) -> dict[st
     """Seconds the step's dense GEMMs (`dense_gemms`) take alone in `library` ("jax" or "torch"), float32, each at
     the fastest of its four operand layouts (a or a^T times b or b^T): no step built on that library's matmuls can
     be faster on this machine."""
+    def product(a: Any, b: Any, ta: bool, tb: bool) -> Any:
+        return (a.T if ta else a) @ (b.T if tb else b)
+
     if library == "jax":
         import jax  # noqa: PLC0415
         import jax.numpy as jnp  # noqa: PLC0415
 
-        layouts = {(ta, tb): jax.jit(lambda a, b, ta=ta, tb=tb: (a.T if ta else a) @ (b.T if tb else b))
-                   for ta in (False, True) for tb in (False, True)}
-        to_device, block = jnp.asarray, jax.block_until_ready
+        wrap, to_device, block = jax.jit, jnp.asarray, jax.block_until_ready
     else:
         import torch  # noqa: PLC0415
 
-        layouts = {(ta, tb): (lambda a, b, ta=ta, tb=tb: (a.T if ta else a) @ (b.T if tb else b))
-                   for ta in (False, True) for tb in (False, True)}
-        to_device, block = torch.from_numpy, lambda x: x
+        wrap, to_device, block = (lambda f: f), torch.from_numpy, (lambda x: x)
+    layouts = {(ta, tb): wrap(functools.partial(product, ta=ta, tb=tb)) for ta in (False, True) for tb in (False, True)}
     rng = np.random.default_rng(0)
     rows, total = [], 0.0
     for (m, k, n), count in dense_gemms(cfg, tokens).items():
