@@ -114,6 +114,7 @@ class Task:
     exemplar_sets: dict[str, ExemplarSet]
     choose_exemplars: Callable[[Example], str] = lambda example: "default"  # which set prompts an example
     description: str = ""
+    load_dev: Callable[[], list[Example]] | None = None  # a labelled dev split, disjoint from pool and eval
 
     def __post_init__(self) -> None:
         if self.answer_type not in ANSWER_TYPES:

@@ -1,8 +1,9 @@
 """Tasks by name: `get_task("gsm8k", data_dir=..., seed=..., pool_size=..., eval_size=..., exemplar_file=...)`.
 
 Every factory takes `data_dir` (default $LSI_DATA_DIR), `seed` (default 0), `pool_size` and `eval_size` (file-based
-tasks: a seeded subsample kept in file order, default all; procedural tasks: how many problems to generate, default
-2,000 / 500), plus its own options (drop: eval_fraction; reasoning-gym tasks: config; jsonl: path, pool_path,
+tasks: a seeded subsample kept in file order, default all; procedural tasks: how many problems to take, default
+2,000 / 500, plus a labelled `dev_size` split, default 200, and the `universe_size` they are drawn from), plus its own
+options (drop: eval_fraction; reasoning-gym tasks: config; jsonl: path, pool_path,
 eval_path, question_field, answer_field, answer_type, id_field, eval_fraction, name). `exemplar_file` replaces the
 task's exemplars: a prompts/ name ("gsm8k") or a path to a JSON file of the same schema; a str replaces every
 exemplar set of the task (DROP has two), a dict {set name: file} replaces the sets it names.
@@ -18,7 +19,7 @@ exemplar set of the task (DROP has two), a dict {set name: file} replaces the se
 | anli_r1/r2/r3 | nli | round dev (1,000 / 1,000 / 1,198) | round test (1,000 / 1,000 / 1,200) |
 | mnli | nli | (evaluation only) | matched dev (9,815) |
 | strategyqa | yes_no | train.json (2,061) | dev.json (229) |
-| arithmetic, chain_sum, leg_counting, gsm_symbolic | number | reasoning-gym, seed hash(s, pool) | hash(s, eval) |
+| arithmetic, chain_sum, leg_counting, gsm_symbolic | number | reasoning-gym: 70% of one seeded set of distinct problems (dev: 10%) | the other 20% |
 | jsonl | user's | user's file(s) | user's file(s) |
 """
 
