@@ -18,6 +18,7 @@ INSTALL_REQUIRES = [
     "tokenizers>=0.19",
     "sentencepiece>=0.2.0",
     "gguf>=0.10.0",
+    "jinja2>=3.1.6",  # chat templates (lsi.chat_template); 3.1.6 closes known sandbox escapes
     "safetensors>=0.4",
     "numpy>=1.26",
     "tqdm>=4.66",

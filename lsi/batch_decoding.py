@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from lsi import partitioning
 from lsi.decoding import FINISH_EOS, FINISH_REASONS, FINISH_STOP, LanguageModel, SamplerSpec, SamplingMethod
 from lsi.decoding import Temperature, bucket_length, make_sampler
+from lsi.vocab import encode_model_input
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,7 +115,7 @@ class BatchSampler:
                       "seconds": 0.0}
 
     def _tokenize(self, request: SampleRequest) -> list[int]:
-        ids = self.vocab.encode(request.prompt)
+        ids = encode_model_input(self.vocab, request.prompt)
         if not ids:
             raise ValueError(f"Example {request.example_id!r}: the prompt is empty.")
         if len(ids) + self.max_new_tokens > self.max_length:

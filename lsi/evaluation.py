@@ -5,6 +5,11 @@
   the greedy path is an argmax sample of self-consistency's batch: one prefill and one decode loop serve both.
 - `self_consistency`: m sampled CoT paths at temperature T (top-k optional), majority vote over parsed answers.
   Accuracy at smaller m comes from the same run by subsampling paths (Figure 5), averaged over seeded subsets.
+- `zero_shot_cot`: the zero-shot "Let's think step by step." prompt, greedy: what the paper's zero-shot training
+  formats teach ("so that the model will learn to think on its own").
+
+Prompts are written in the run's prompt style (lsi.tasks.prompt_style: plain few-shot text or the model's chat turns),
+which metrics.json records.
 
 Each mode writes `<output_dir>/<mode>/predictions.jsonl` (one line per question: id, prompt hash, every sample's
 text / parsed answer / finish reason, the vote and its share, gold, correct) and all modes share
@@ -32,9 +37,18 @@ from lsi.io_utils import read_jsonl, write_json_atomic, write_jsonl_atomic
 from lsi.self_improve.voting import vote_answers
 from lsi.tasks.answers import answers_equal, parse_answer
 from lsi.tasks.base import Example, Task
-from lsi.tasks.prompting import PromptFormat, build_prompt, stop_strings
+from lsi.tasks.prompt_style import Prompter
+from lsi.tasks.prompting import PromptFormat
 
-MODES = ("standard", "cot_greedy", "self_consistency")
+# The prompt format of each mode.
+MODE_FORMATS = {
+    "standard": PromptFormat.FEW_SHOT_DIRECT,
+    "cot_greedy": PromptFormat.FEW_SHOT_COT,
+    "self_consistency": PromptFormat.FEW_SHOT_COT,
+    "zero_shot_cot": PromptFormat.ZERO_SHOT_COT,
+}
+MODES = tuple(MODE_FORMATS)
+PAPER_MODES = ("standard", "cot_greedy", "self_consistency")  # Table 3's prompting methods
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,7 +56,7 @@ class EvalConfig:
     """How to evaluate. Defaults follow the paper: 256 new tokens; self-consistency T=0.7 before LMSI (1.2 after),
     top-k 40 (the Self-Consistency paper's PaLM setting), m=32."""
 
-    modes: tuple[str, ...] = MODES
+    modes: tuple[str, ...] = PAPER_MODES
     num_samples: int = 32
     temperature: float = 0.7
     top_k: int | None = 40
@@ -70,8 +84,9 @@ def _is_correct(prediction: str | None, example: Example, answer_type: str) -> b
     return any(answers_equal(prediction, gold, answer_type) for gold in golds)
 
 
-def _requests(task: Task, examples: Sequence[Example], fmt: PromptFormat) -> list[SampleRequest]:
-    return [SampleRequest(e.id, build_prompt(fmt, e.question, task.exemplars_for(e))) for e in examples]
+def _requests(task: Task, examples: Sequence[Example], fmt: PromptFormat, prompter: Prompter
+              ) -> list[SampleRequest]:
+    return [SampleRequest(e.id, prompter.prompt(fmt, e.question, task.exemplars_for(e))) for e in examples]
 
 
 def accuracy_at_subsets(sample_answers: Sequence[Sequence[str | None]], examples: Sequence[Example],
@@ -167,21 +182,23 @@ def _mode_metrics(mode: str, task: Task, records: list[dict[str, Any]], all_answ
 
 def evaluate(task: Task, lm: LanguageModel, params: Any, vocab: Any, max_length: int, config: EvalConfig,
              output_dir: str | os.PathLike, mesh: Any = None, examples: Sequence[Example] | None = None,
-             progress: bool = True) -> dict[str, Any]:
-    """Runs every mode of `config` on the task's eval split and writes predictions and metrics under `output_dir`."""
+             progress: bool = True, prompter: Prompter | None = None) -> dict[str, Any]:
+    """Runs every mode of `config` on the task's eval split and writes predictions and metrics under `output_dir`.
+    `prompter` writes the prompts (default: the vocabulary's own style, chat when it carries a template)."""
     output_dir = pathlib.Path(output_dir)
+    prompter = prompter or Prompter.for_vocabulary(vocab)
     examples = list(task.load_eval() if examples is None else examples)
     if config.limit is not None:
         examples = examples[: config.limit]
     if not examples:
         raise ValueError(f"Task {task.name}: the eval split is empty.")
     all_metrics: dict[str, Any] = {"task": task.name, "answer_type": task.answer_type, "config":
-                                   dataclasses.asdict(config), "modes": {}}
+                                   dataclasses.asdict(config), **prompter.describe(), "modes": {}}
     done = _complete_modes(output_dir, all_metrics, examples)
     results = dict(done)
     all_metrics["modes"] = _in_mode_order(results, config.modes)  # a rerun with every mode done returns these
     for modes in _sampling_runs([mode for mode in config.modes if mode not in done]):
-        fmt = PromptFormat.FEW_SHOT_DIRECT if modes == ("standard",) else PromptFormat.FEW_SHOT_COT
+        fmt = MODE_FORMATS[modes[0]]
         greedy_modes = [mode for mode in modes if mode != "self_consistency"]
         num_samples = len(greedy_modes) + (config.num_samples if "self_consistency" in modes else 0)
         sampler = BatchSampler(
@@ -189,10 +206,10 @@ def evaluate(task: Task, lm: LanguageModel, params: Any, vocab: Any, max_length:
             num_samples=num_samples, argmax_samples=len(greedy_modes), max_new_tokens=config.max_new_tokens,
             method=Temperature(config.temperature, config.top_k, config.top_p) if "self_consistency" in modes
             else Greedy(),
-            stop_strings=stop_strings(task.exemplars_for(examples[0])),
+            stop_strings=prompter.stop_strings(task.exemplars_for(examples[0])), eos_ids=prompter.eos_ids,
             batch_size=config.batch_size, seed=config.seed, mesh=mesh, progress=progress,
         )
-        requests = _requests(task, examples, fmt)
+        requests = _requests(task, examples, fmt, prompter)
         prompts = {r.example_id: r.prompt for r in requests}
         start = time.perf_counter()
         completions = {c.example_id: c for c in sampler.run(requests, total=len(requests))}
@@ -232,8 +249,8 @@ def _complete_modes(output_dir: pathlib.Path, fresh: dict[str, Any], examples: S
         previous = json.loads(path.read_text())
     except json.JSONDecodeError as err:
         raise ValueError(f"{path}: not valid JSON ({err}); delete it to evaluate again.") from None
-    same_run = {k: previous.get(k) for k in ("task", "answer_type", "config")} == json.loads(json.dumps(
-        {k: fresh[k] for k in ("task", "answer_type", "config")}))
+    keys = ("task", "answer_type", "config", "prompt_style", "chat_template_sha256")
+    same_run = {k: previous.get(k) for k in keys} == json.loads(json.dumps({k: fresh.get(k) for k in keys}))
     if not same_run:
         return {}
     ids = [e.id for e in examples]

@@ -3,6 +3,8 @@ r"""Entry point: `python -m lsi.main --gin_file=... --gin_param=... --stage=...`
 Stages read and write files under the experiment's `run_dir`, so each can be rerun, resumed and inspected. Round r
 of self-improvement lives in `round_<r>/`; `--round` picks it for the single stages:
 
+    screen        screen/<task>/<style>/t<T>/ the base model on each task's labelled dev split for every prompt style and
+                                                temperature of the grid; results.json + sc_minus_greedy.png (lsi.screen)
     sample        round_<r>/<task>/samples/   samples-*.jsonl + manifest.json     (resumable by shard)
     vote          round_<r>/<task>/votes/     pseudo_labels.jsonl + manifest.json
     format        round_<r>/<task>/formats/   examples-*.tfrecord + manifest.json (a SeqIO task per task)
@@ -41,6 +43,7 @@ from lsi.decoding import TransformerLM
 from lsi.evaluation import EvalConfig, evaluate, format_summary
 from lsi.io_utils import write_json_atomic, write_text_atomic
 from lsi.partitioning import MeshConfig
+from lsi.screen import ScreenConfig
 from lsi.self_improve.formats import FormatStageConfig, register_formatted_task, register_mixture, run_format_stage
 from lsi.self_improve.question_gen import (
     PromptGenConfig,
@@ -51,15 +54,16 @@ from lsi.self_improve.question_gen import (
 )
 from lsi.self_improve.sampling import SampleStageConfig, run_sample_stage
 from lsi.self_improve.voting import VoteStageConfig, run_vote_stage
+from lsi.tasks.prompt_style import STYLES, Prompter
 from lsi.training.optimizers import OptimizerConfig
 from lsi.training.trainer import TrainConfig
 
 log = logging.getLogger(__name__)
 
-STAGES = ("questions", "exemplars", "sample", "vote", "format", "train", "eval", "self_improve", "report")
+STAGES = ("screen", "questions", "exemplars", "sample", "vote", "format", "train", "eval", "self_improve", "report")
 
 for _config_class in (SampleStageConfig, VoteStageConfig, FormatStageConfig, EvalConfig, MeshConfig, TrainConfig,
-                      OptimizerConfig, QuestionGenConfig, PromptGenConfig):
+                      OptimizerConfig, QuestionGenConfig, PromptGenConfig, ScreenConfig):
     gin.external_configurable(_config_class, module="lsi")
 
 
@@ -100,10 +104,17 @@ class Experiment:
     # Sampling decodes layer by layer (faster steps for SmolLM2); False runs the scanned decode, which compiles
     # several times faster, and for deep, narrow models also samples faster (see `lsi.decoding.TransformerLM`).
     layerwise_decode: bool = True
+    # The screen stage's grid (tasks x prompt styles x temperatures), measured on the dev split before training.
+    screen: ScreenConfig = dataclasses.field(default_factory=ScreenConfig)
+    # How every stage writes prompts and training examples (lsi.tasks.prompt_style): 'chat' renders the model's own
+    # chat template, 'plain' the paper's few-shot text, 'auto' is 'chat' for a checkpoint that carries a template.
+    prompt_style: str = "auto"
 
     def __post_init__(self) -> None:
         if self.num_rounds < 1:
             raise ValueError(f"num_rounds must be >= 1, got {self.num_rounds}.")
+        if self.prompt_style not in STYLES:
+            raise ValueError(f"prompt_style must be one of {STYLES}, got {self.prompt_style!r}.")
         self._tasks: dict[tuple[str, str], Any] = {}  # (name, "base" or "generated") -> task
         self._loaded: tuple[str, tuple[Any, Any, Any, Any]] | None = None
 
@@ -166,12 +177,22 @@ class Experiment:
             self._tasks[(name, "generated")] = rotating_task(self.base_task(name), files)
         return self._tasks[(name, "generated")]
 
+    def vocabulary(self, checkpoint: str) -> Any:
+        """A checkpoint's vocabulary alone (cached by path), without loading its weights."""
+        from lsi.vocab import load_vocabulary  # noqa: PLC0415
+
+        return load_vocabulary(checkpoint)
+
+    def prompter(self, checkpoint: str) -> Prompter:
+        """How prompts for `checkpoint` are written: `prompt_style`, with 'auto' resolved by the checkpoint's own
+        tokenizer (chat when it carries a template)."""
+        return Prompter.for_vocabulary(self.vocabulary(checkpoint), self.prompt_style, source=str(checkpoint))
+
     def loaded_model(self, checkpoint: str) -> tuple[Any, Any, Any, Any]:
         """(TransformerLM, params placed on the mesh, vocabulary, mesh) of a checkpoint. Only the last one loaded is
         kept: a self-improvement run moves from the base model to each round's model and never back."""
         from lsi.checkpoints import load_checkpoint  # noqa: PLC0415
         from lsi.models import param_logical_axes  # noqa: PLC0415
-        from lsi.vocab import load_vocabulary  # noqa: PLC0415
 
         if self._loaded is None or self._loaded[0] != str(checkpoint):
             self._loaded = None  # release the previous model before loading the next
@@ -181,7 +202,7 @@ class Experiment:
             mesh = partitioning.make_mesh(self.mesh, devices=jax.local_devices())
             params = partitioning.shard_tree(params, param_logical_axes(cfg), mesh)
             self._loaded = (str(checkpoint), (TransformerLM(cfg, self.layerwise_decode), params,
-                                               load_vocabulary(checkpoint), mesh))
+                                               self.vocabulary(checkpoint), mesh))
         return self._loaded[1]
 
 
@@ -198,11 +219,12 @@ def run_eval(experiment: Experiment, tag: str, checkpoint: str, config: EvalConf
              ) -> dict[str, Any]:
     """Evaluates `checkpoint` on every eval task into eval/<tag>/<task>/; returns {task: metrics}."""
     lm, params, vocab, mesh = experiment.loaded_model(checkpoint)
+    prompter = experiment.prompter(checkpoint)
     results = {}
     for name in experiment.evaluation_tasks:
         task = experiment.task_obj(name)
         results[task.name] = evaluate(task, lm, params, vocab, lm.config.max_length, config or experiment.eval,
-                                      experiment.path / "eval" / tag / task.name, mesh=mesh)
+                                      experiment.path / "eval" / tag / task.name, mesh=mesh, prompter=prompter)
         print(f"[{tag}] {format_summary(results[task.name])}", flush=True)
     return results
 
@@ -210,15 +232,18 @@ def run_eval(experiment: Experiment, tag: str, checkpoint: str, config: EvalConf
 def run_stage(experiment: Experiment, stage: str, eval_tag: str | None = None, eval_model: str = "base",
               round_index: int = 1) -> dict[str, Any]:
     """Runs one stage and returns its manifest or metrics (keyed by task where a stage covers several)."""
+    if stage == "screen":
+        return run_screen_stage(experiment)
     if stage == "questions":
         return run_questions(experiment)
     if stage == "exemplars":
         return run_exemplars(experiment)
     if stage == "sample":
-        lm, params, vocab, mesh = experiment.loaded_model(experiment.sampling_model(round_index))
+        model = experiment.sampling_model(round_index)
+        lm, params, vocab, mesh = experiment.loaded_model(model)
         return {name: run_sample_stage(experiment.task_obj(name), lm, params, vocab, lm.config.max_length,
                                        experiment.sample, experiment.stage_dir(round_index, name, "samples"),
-                                       mesh=mesh, model_id=experiment.sampling_model(round_index),
+                                       mesh=mesh, model_id=model, prompter=experiment.prompter(model),
                                        process_index=jax.process_index(), process_count=jax.process_count(),
                                        wait_for_all_processes=lambda: _wait_for_all_processes("sample"))
                 for name in experiment.training_tasks}
@@ -227,9 +252,12 @@ def run_stage(experiment: Experiment, stage: str, eval_tag: str | None = None, e
                                      experiment.stage_dir(round_index, name, "votes"), experiment.vote)
                 for name in experiment.training_tasks}
     if stage == "format":
+        # Written for the model that trains on them, in its own style.
+        prompter = experiment.prompter(experiment.starting_model(round_index))
         return {name: run_format_stage(experiment.task_obj(name),
                                        experiment.stage_dir(round_index, name, "votes") / "pseudo_labels.jsonl",
-                                       experiment.stage_dir(round_index, name, "formats"), experiment.format)
+                                       experiment.stage_dir(round_index, name, "formats"), experiment.format,
+                                       prompter)
                 for name in experiment.training_tasks}
     if stage == "train":
         return run_train(experiment, round_index)
@@ -246,29 +274,47 @@ def run_stage(experiment: Experiment, stage: str, eval_tag: str | None = None, e
     raise ValueError(f"Unknown stage {stage!r}; known: {', '.join(STAGES)}.")
 
 
-def _finished_manifest(directory: pathlib.Path, config: Any) -> dict[str, Any] | None:
-    """The manifest of a generation stage that already completed with this config, else None."""
+def _finished_manifest(directory: pathlib.Path, config: Any, prompter: Prompter) -> dict[str, Any] | None:
+    """The manifest of a generation stage that already completed with this config and prompt style, else None."""
     path = directory / "manifest.json"
     if not path.exists():
         return None
     manifest = json.loads(path.read_text())
-    if manifest.get("config") != json.loads(json.dumps(dataclasses.asdict(config))):
-        log.warning("%s was written with another config; generating again.", path)
+    style = prompter.describe()
+    if (manifest.get("config") != json.loads(json.dumps(dataclasses.asdict(config)))
+            or any(manifest.get(k) != v for k, v in style.items())):
+        log.warning("%s was written with another config or prompt style; generating again.", path)
         return None
     print(f"[{manifest['stage']}] complete in {directory}; kept.", flush=True)
     return manifest
 
 
+def run_screen_stage(experiment: Experiment) -> dict[str, Any]:
+    """The base model on the dev split of every screened task, for every prompt style and temperature of the grid,
+    into run_dir/screen/ (results.json, sc_minus_greedy.png); prints the cells, best first."""
+    from lsi.screen import evaluate_cell, format_screen, run_screen  # noqa: PLC0415
+
+    config = experiment.screen
+    lm, params, vocab, mesh = experiment.loaded_model(experiment.model)
+    prompters = {style: Prompter.for_vocabulary(vocab, style, source=experiment.model) for style in config.styles}
+    tasks = [experiment.task_obj(name) for name in (config.tasks or (experiment.task,))]
+    sample_cell = evaluate_cell(lm, params, vocab, lm.config.max_length, config, mesh, prompters.__getitem__)
+    results = run_screen(tasks, config, experiment.path / "screen", sample_cell)
+    print(format_screen(results), flush=True)
+    return results
+
+
 def run_questions(experiment: Experiment) -> dict[str, Any]:
     """Self-generated questions (Table 6) by the base model into run_dir/questions/generated_pool.jsonl."""
     directory = experiment.path / "questions"
-    done = _finished_manifest(directory, experiment.questions)
+    prompter = experiment.prompter(experiment.model)
+    done = _finished_manifest(directory, experiment.questions, prompter)
     if done is not None and (directory / "generated_pool.jsonl").exists():
         return done
     lm, params, vocab, mesh = experiment.loaded_model(experiment.model)
     seed_task = experiment.task_obj(experiment.question_task or experiment.task)
     manifest = generate_questions(seed_task, lm, params, vocab, lm.config.max_length, experiment.questions,
-                                  directory, mesh=mesh)
+                                  directory, mesh=mesh, prompter=prompter)
     counts = manifest["counts"]
     print(f"[questions] {counts['kept']} kept of {counts['generated']} generated "
           f"({counts['candidates']} new) -> {directory / 'generated_pool.jsonl'}", flush=True)
@@ -278,13 +324,14 @@ def run_questions(experiment: Experiment) -> dict[str, Any]:
 def run_exemplars(experiment: Experiment) -> dict[str, Any]:
     """Self-generated few-shot CoT templates (Figure 3) by the base model into run_dir/exemplars/."""
     directory = experiment.path / "exemplars"
-    done = _finished_manifest(directory, experiment.exemplars)
+    prompter = experiment.prompter(experiment.model)
+    done = _finished_manifest(directory, experiment.exemplars, prompter)
     if done is not None and len(list(directory.glob("generated_*.json"))) == experiment.exemplars.templates:
         return done
     lm, params, vocab, mesh = experiment.loaded_model(experiment.model)
     # The templates come from the task's own pool questions, asked without any exemplars of their own.
     paths = generate_exemplars(experiment.base_task(), lm, params, vocab, lm.config.max_length, experiment.exemplars,
-                               directory, mesh=mesh)
+                               directory, mesh=mesh, prompter=prompter)
     print(f"[exemplars] {len(paths)} templates of {experiment.exemplars.shots} -> {directory}", flush=True)
     return json.loads((directory / "manifest.json").read_text())
 
@@ -299,10 +346,9 @@ def _wait_for_all_processes(name: str) -> None:
 def run_train(experiment: Experiment, round_index: int) -> dict[str, Any]:
     """Fine-tunes round r's starting model on the formatted data of every train task (one mixture if several)."""
     from lsi.training.trainer import finetune  # noqa: PLC0415
-    from lsi.vocab import load_vocabulary  # noqa: PLC0415
 
     start = experiment.starting_model(round_index)
-    vocab = load_vocabulary(start)
+    vocab = experiment.vocabulary(start)
     formats = {experiment.formatted_task_name(round_index, name): experiment.stage_dir(round_index, name, "formats")
                for name in experiment.training_tasks}
     for name, directory in formats.items():
@@ -311,8 +357,33 @@ def run_train(experiment: Experiment, round_index: int) -> dict[str, Any]:
         data_name = next(iter(formats))
     else:
         data_name = register_mixture(f"lsi_{experiment.path.name}_round{round_index}_mixture", formats)
-    return finetune(experiment.train, start, data_name, experiment.round_dir(round_index) / "train", vocab,
-                    mesh=partitioning.make_mesh(experiment.mesh))
+    prompter = experiment.prompter(start)
+    train_dir = experiment.round_dir(round_index) / "train"
+    manifest = {"stage": "train", "config": json.loads(json.dumps(dataclasses.asdict(experiment.train), default=str)),
+                **prompter.describe(), "inputs": {"model": str(start), "data": data_name, "formats": {
+                    name: str(directory / "manifest.json") for name, directory in formats.items()}}}
+    _check_same_prompt_style(train_dir / "manifest.json", prompter)
+    if jax.process_index() == 0:
+        write_json_atomic(train_dir / "manifest.json", manifest)  # before training: a resumed run is checked too
+    result = finetune(experiment.train, start, data_name, train_dir, vocab,
+                      mesh=partitioning.make_mesh(experiment.mesh), stop_ids=prompter.eos_ids)
+    if jax.process_index() == 0:
+        write_json_atomic(train_dir / "manifest.json", {
+            **manifest, "counts": {"steps": result["steps"], "data": result["data"]},
+            "final_metrics": result["final_metrics"]})
+    return result
+
+
+def _check_same_prompt_style(manifest_path: pathlib.Path, prompter: Prompter) -> None:
+    """A stage output made in another prompt style is never resumed or kept: that would mix two styles' data."""
+    if not manifest_path.exists():
+        return
+    previous = json.loads(manifest_path.read_text())
+    changed = {k: (previous.get(k), v) for k, v in prompter.describe().items() if previous.get(k) != v}
+    if changed:
+        details = "; ".join(f"{k}: {old!r} there, {new!r} now" for k, (old, new) in changed.items())
+        raise ValueError(f"{manifest_path.parent} was made in another prompt style ({details}). Use a new run_dir, or "
+                         f"delete {manifest_path.parent} to redo the stage in this style.")
 
 
 def _temperature_tag(tag: str, temperature: float) -> str:

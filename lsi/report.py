@@ -36,8 +36,9 @@ from matplotlib.figure import Figure
 from lsi import metrics
 from lsi.io_utils import read_jsonl, write_bytes_atomic, write_text_atomic
 
-MODES = ("standard", "cot_greedy", "self_consistency")  # lsi.evaluation.MODES, without importing jax
-MODE_NAMES = {"standard": "Standard", "cot_greedy": "CoT (greedy)", "self_consistency": "Self-consistency"}
+MODES = ("standard", "cot_greedy", "self_consistency", "zero_shot_cot")  # lsi.evaluation.MODES, without jax
+MODE_NAMES = {"standard": "Standard", "cot_greedy": "CoT (greedy)", "self_consistency": "Self-consistency",
+              "zero_shot_cot": "Zero-shot CoT (greedy)"}
 STAGE_KINDS = ("samples", "votes", "formats")
 PLOT_FILES = ("calibration.png", "accuracy_vs_m.png", "temperature.png", "training_loss.png",
               "pseudo_label_vote_share.png")

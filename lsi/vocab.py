@@ -3,6 +3,11 @@
 `load_vocabulary(path_or_name)` takes a packaged model name (`smollm2-135m-instruct`), a .gguf file (its embedded
 tokenizer), a tokenizer.json, a SentencePiece .model file, or a Hugging Face directory, and caches the result.
 
+Chat templates: an HF vocabulary also carries its checkpoint's chat template and the texts of its special tokens
+(GGUF `tokenizer.chat_template*`, tokenizer_config.json, chat_template.jinja), and renders conversations with them
+exactly as `transformers`' `apply_chat_template` does (lsi.chat_template). `chat_template_of(vocab)` answers for any
+vocabulary, None for SentencePiece ones.
+
 Ids and seqio: seqio pads every sequence with 0 and treats 0 as padding in its feature converters, so `pad_id` is 0
 whatever the model calls its own padding token. In SmolLM2 id 0 is `<|endoftext|>`, which the model never needs inside
 a target; in GPT-2/Qwen2 vocabularies id 0 is "!", which seqio would then also mask out of loss weights.
@@ -10,12 +15,14 @@ a target; in GPT-2/Qwen2 vocabularies id 0 is "!", which seqio would then also m
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
+import logging
 import os
 import pathlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import gguf
@@ -28,7 +35,10 @@ from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers, proc
 from lsi.checkpoints.gguf_file import open_gguf
 from lsi.checkpoints.layout import CheckpointError
 from lsi.checkpoints.registry import resolve_model_path
+from lsi.chat_template import ChatTemplate, ChatTemplateError, normalize_templates, render_chat, select_template
 from lsi.io_utils import write_text_atomic
+
+log = logging.getLogger(__name__)
 
 TOKENIZER_JSON = "tokenizer.json"
 SENTENCEPIECE_MODEL = "tokenizer.model"
@@ -36,6 +46,16 @@ SENTENCEPIECE_MODEL = "tokenizer.model"
 # their text, the model configs by id (generation_config is what `generate` stops on).
 _TOKENIZER_CONFIG = "tokenizer_config.json"
 _ID_CONFIGS = ("generation_config.json", "config.json")
+# Older checkpoints name special tokens here; transformers lets it override tokenizer_config.json's entries unless
+# that file lists `added_tokens_decoder` (then it ignores this file).
+_SPECIAL_TOKENS_MAP = "special_tokens_map.json"
+# Chat templates outside tokenizer_config.json: transformers' own files (which take priority over the config's
+# entry), and processors' older chat_template.json, read only when nothing else carries a template.
+_CHAT_TEMPLATE_FILE = "chat_template.jinja"
+_CHAT_TEMPLATE_DIR = "additional_chat_templates"
+_PROCESSOR_CHAT_TEMPLATE = "chat_template.json"
+# The special tokens transformers hands a chat template as variables (`bos_token`, ...), in its order.
+SPECIAL_TOKEN_NAMES = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
 
 
 class VocabularyError(ValueError):
@@ -70,6 +90,15 @@ GGUF_PRE_TOKENIZERS: dict[str, str | None] = {
 }
 
 
+# GGUF `tokenizer.ggml.<key>` ids of the special tokens transformers names when it loads a GGUF.
+_GGUF_SPECIAL_IDS = {
+    "bos_token": "bos_token_id",
+    "eos_token": "eos_token_id",
+    "unk_token": "unknown_token_id",
+    "pad_token": "padding_token_id",
+}
+
+
 class HfTokenizerVocabulary(seqio.Vocabulary):
     """A HF `tokenizers.Tokenizer` behind seqio's Vocabulary contract.
 
@@ -77,6 +106,10 @@ class HfTokenizerVocabulary(seqio.Vocabulary):
     Special tokens written in the text, like `<|im_start|>`, encode to their ids. `detokenize` is the exact inverse of
     `encode`. `decode` follows seqio: it maps ids past the vocabulary to `unk_id`, stops before the first EOS, and drops
     padding (id 0) when id 0 is a special token; every other token, special ones included, is written out verbatim.
+
+    `chat_template` is the checkpoint's template (a string, or named strings); `special_tokens` maps
+    `SPECIAL_TOKEN_NAMES` (and any model-specific `*_token` names) to token texts as the source names them, which
+    templates see as variables. Without `special_tokens`, the texts of `bos_id`, `eos_id` and `unk_id` are used.
     """
 
     def __init__(
@@ -87,11 +120,21 @@ class HfTokenizerVocabulary(seqio.Vocabulary):
         eos_id: int | None = None,
         unk_id: int | None = None,
         source: str = "",
+        chat_template: ChatTemplate | None = None,
+        special_tokens: Mapping[str, str] | None = None,
     ):
         super().__init__(extra_ids=0)  # seqio's sentinels are for span corruption, which no decoder-only LM here uses
         self._tokenizer = tokenizer
         self._bos_id, self._eos_id, self._unk_id = bos_id, eos_id, unk_id
         self._source = source
+        try:
+            self._chat_template = normalize_templates(chat_template, source or "chat_template")
+        except ChatTemplateError as e:
+            raise VocabularyError(str(e)) from e
+        if special_tokens is None:
+            named_ids = (("bos_token", bos_id), ("eos_token", eos_id), ("unk_token", unk_id))
+            special_tokens = {name: tokenizer.id_to_token(i) for name, i in named_ids if i is not None}
+        self._special_tokens = {name: text for name, text in special_tokens.items() if text is not None}
         special = {i for i, token in tokenizer.get_added_tokens_decoder().items() if token.special}
         self._pad_is_special = self.pad_id in special
         # The post-processor, not a separate flag, decides BOS, so a saved tokenizer.json carries the choice.
@@ -101,13 +144,32 @@ class HfTokenizerVocabulary(seqio.Vocabulary):
 
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> HfTokenizerVocabulary:
-        """A tokenizer.json, with BOS/EOS/UNK from the Hugging Face config files beside it where present."""
+        """A tokenizer.json, with special tokens and the chat template from the Hugging Face files beside it where
+        present (tokenizer_config.json, special_tokens_map.json, chat_template.jinja; ids also from
+        generation_config.json and config.json).
+
+        BOS: tokenizer.json's post-processor decides, as in transformers, which ignores tokenizer_config.json's
+        `add_bos_token` whenever a tokenizer.json is present (a disagreement is logged)."""
         path = pathlib.Path(path)
         try:
             tokenizer = tokenizers.Tokenizer.from_file(str(path))
         except Exception as e:  # tokenizers raises a bare Exception for unreadable JSON
             raise VocabularyError(f"{path}: not a readable tokenizer.json: {e}") from e
-        return cls(tokenizer, **_hf_special_ids(tokenizer, path.parent), source=str(path))
+        config = _HfTokenConfig.read(path.parent)
+        vocab = cls(
+            tokenizer,
+            **_hf_special_ids(tokenizer, path.parent, config),
+            source=str(path),
+            chat_template=_hf_chat_template(path.parent, config),
+            special_tokens=_hf_special_texts(tokenizer, config),
+        )
+        flag = config.values.get("add_bos_token")
+        if isinstance(flag, bool) and flag != vocab.add_bos:
+            log.warning(
+                "%s: add_bos_token is %s, but the post-processor of %s %s BOS; following the post-processor, as "
+                "transformers does", config.origin("add_bos_token"), flag, path, "adds" if vocab.add_bos else "adds no",
+            )
+        return vocab
 
     @classmethod
     def from_directory(cls, directory: str | os.PathLike) -> HfTokenizerVocabulary:
@@ -153,17 +215,32 @@ class HfTokenizerVocabulary(seqio.Vocabulary):
             token_types=optional("tokenizer.ggml.token_type", [gguf.TokenType.NORMAL] * len(tokens)),
             split=GGUF_PRE_TOKENIZERS[pre],
         )
-        bos_id = optional("tokenizer.ggml.bos_token_id")
+        ids = {}
+        for name, key in _GGUF_SPECIAL_IDS.items():
+            token_id = optional(f"tokenizer.ggml.{key}")
+            if token_id is not None and not 0 <= token_id < len(tokens):
+                raise VocabularyError(f"{path}: tokenizer.ggml.{key} is {token_id}, outside the {len(tokens)} tokens")
+            ids[name] = token_id
+        bos_id = ids["bos_token"]
         if bos_id is not None and optional("tokenizer.ggml.add_bos_token", False):
             tokenizer.post_processor = processors.TemplateProcessing(
                 single=[tokens[bos_id], "$A"], special_tokens=[(tokens[bos_id], bos_id)]
             )
+        # llama.cpp's layout: the default template under `tokenizer.chat_template`, others under
+        # `tokenizer.chat_template.<name>` (transformers reads only the first; the default renders the same either way).
+        templates = {}
+        if "tokenizer.chat_template" in fields:
+            templates["default"] = fields["tokenizer.chat_template"].contents()
+        prefix = "tokenizer.chat_template."
+        templates.update({key[len(prefix):]: fields[key].contents() for key in fields if key.startswith(prefix)})
         return cls(
             tokenizer,
             bos_id=bos_id,
-            eos_id=optional("tokenizer.ggml.eos_token_id"),
-            unk_id=optional("tokenizer.ggml.unknown_token_id"),
+            eos_id=ids["eos_token"],
+            unk_id=ids["unk_token"],
             source=str(path),
+            chat_template=templates or None,
+            special_tokens={name: tokens[i] for name, i in ids.items() if i is not None},
         )
 
     # ----- seqio.Vocabulary -----
@@ -245,6 +322,71 @@ class HfTokenizerVocabulary(seqio.Vocabulary):
         return self._add_bos
 
     @property
+    def chat_template(self) -> ChatTemplate | None:
+        """The checkpoint's chat template: a string, named strings ({"default": ..., "tool_use": ...}), or None."""
+        return self._chat_template
+
+    @property
+    def special_token_texts(self) -> dict[str, str]:
+        """The special tokens by name, as the source names them ({"bos_token": "<|im_start|>", ...}): the variables
+        a chat template sees. A name the source does not give is absent (a template then renders it as "")."""
+        return dict(self._special_tokens)
+
+    @property
+    def model_pad_id(self) -> int | None:
+        """The model's own padding token (GGUF `padding_token_id`, tokenizer_config's `pad_token`), for exports;
+        not seqio's `pad_id`, which is always 0."""
+        text = self._special_tokens.get("pad_token")
+        return None if text is None else self._tokenizer.token_to_id(text)
+
+    def apply_chat_template(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        add_generation_prompt: bool = True,
+        template_name: str | None = None,
+        *,
+        tools: Sequence[Mapping[str, Any]] | None = None,
+        documents: Sequence[Mapping[str, Any]] | None = None,
+        **kwargs: Any,
+    ) -> str:
+        """A conversation ([{"role": ..., "content": ...}, ...]) as text, rendered by the checkpoint's template exactly
+        as transformers' `apply_chat_template(messages, tokenize=False, ...)` renders it. Unlike transformers, the
+        generation prompt is on by default: lsi mostly renders prompts for the model to continue.
+
+        `template_name` picks one of several named templates (else "tool_use" when `tools` are given and it exists,
+        else "default"); `kwargs` are further template variables (e.g. Llama 3's `date_string`). A template's
+        `raise_exception(...)` surfaces as `ChatTemplateError`; a vocabulary without a template raises
+        VocabularyError."""
+        if self._chat_template is None:
+            raise VocabularyError(
+                f"{self._source or 'this in-memory tokenizer'} carries no chat template, so it cannot render a "
+                f"conversation; use prompt_style='plain' (plain few-shot text) for this model"
+            )
+        where = f"the chat template of {self._source or 'this tokenizer'}"
+        template = select_template(self._chat_template, template_name, tools is not None, where=where)
+        return render_chat(
+            template,
+            messages,
+            add_generation_prompt=add_generation_prompt,
+            tools=tools,
+            documents=documents,
+            special_tokens=self._special_tokens,
+            where=where,
+            **kwargs,
+        )
+
+    def apply_chat_template_ids(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        add_generation_prompt: bool = True,
+        template_name: str | None = None,
+        **kwargs: Any,
+    ) -> list[int]:
+        """`apply_chat_template`'s text as ids, as transformers gives them with `tokenize=True`: the text encoded
+        without adding special tokens (a template that wants BOS writes `bos_token` itself)."""
+        return self._encode(self.apply_chat_template(messages, add_generation_prompt, template_name, **kwargs))
+
+    @property
     def tokenizer(self) -> tokenizers.Tokenizer:
         """The wrapped HF tokenizer, for what seqio has no word for (offsets, vocabulary listing)."""
         return self._tokenizer
@@ -267,24 +409,42 @@ class HfTokenizerVocabulary(seqio.Vocabulary):
         return self._tokenizer.token_to_id(token)
 
     def save(self, directory: str | os.PathLike) -> pathlib.Path:
-        """Writes tokenizer.json and tokenizer_config.json (special tokens), which `load_vocabulary(directory)` and
-        transformers' `AutoTokenizer` both read back."""
+        """Writes tokenizer.json and tokenizer_config.json (every special token, `add_bos_token`, the chat template;
+        named templates in transformers' list form), which `load_vocabulary(directory)` and transformers'
+        `AutoTokenizer` both read back: the same ids, BOS rule and template renderings.
+
+        BOS travels in tokenizer.json's post-processor (what transformers follows); `add_bos_token` restates it for
+        tools that read only the config (llama.cpp's converter). Chat template files that would take priority over
+        the config's entry (chat_template.jinja, additional_chat_templates/*.jinja, chat_template.json) are removed."""
         directory = pathlib.Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         write_text_atomic(directory / TOKENIZER_JSON, self._tokenizer.to_str())
-        config: dict[str, Any] = {"tokenizer_class": "PreTrainedTokenizerFast"}
+        config: dict[str, Any] = {"tokenizer_class": "PreTrainedTokenizerFast", **self._special_tokens}
         for name, token_id in (("bos", self._bos_id), ("eos", self._eos_id), ("unk", self._unk_id)):
-            if token_id is not None:
+            if token_id is not None:  # the ids win over a disagreeing text, so that they round-trip
                 config[f"{name}_token"] = self.id_to_token(token_id)
-        write_text_atomic(directory / _TOKENIZER_CONFIG, json.dumps(config, indent=2) + "\n")
+        config["add_bos_token"] = self._add_bos
+        if isinstance(self._chat_template, dict):
+            config["chat_template"] = [{"name": k, "template": v} for k, v in self._chat_template.items()]
+        elif self._chat_template is not None:
+            config["chat_template"] = self._chat_template
+        stale = [directory / _CHAT_TEMPLATE_FILE, directory / _PROCESSOR_CHAT_TEMPLATE]
+        stale += sorted((directory / _CHAT_TEMPLATE_DIR).glob("*.jinja"))
+        for path in stale:
+            path.unlink(missing_ok=True)
+        write_text_atomic(directory / _TOKENIZER_CONFIG, json.dumps(config, indent=2, ensure_ascii=False) + "\n")
         return directory
 
     # ----- internals -----
 
     @functools.cached_property
-    def _identity(self) -> tuple[str, int | None, int | None, int | None]:
+    def _identity(self) -> tuple[Any, ...]:
         digest = hashlib.sha256(self._tokenizer.to_str().encode()).hexdigest()
-        return digest, self._bos_id, self._eos_id, self._unk_id
+        template = self._chat_template
+        if isinstance(template, dict):
+            template = tuple(sorted(template.items()))
+        specials = tuple(sorted(self._special_tokens.items()))
+        return digest, self._bos_id, self._eos_id, self._unk_id, template, specials
 
     def _encode_rows_np(self, strings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         rows = self.encode_batch([s.decode("utf-8") for s in strings])
@@ -330,18 +490,82 @@ def _byte_level_bpe(
     return tokenizer
 
 
-def _hf_special_ids(tokenizer: tokenizers.Tokenizer, directory: pathlib.Path) -> dict[str, int | None]:
-    """bos_id/eos_id/unk_id from tokenizer_config.json (token text), else generation_config.json, else config.json."""
-    token_config = _read_json(directory / _TOKENIZER_CONFIG)
+@dataclasses.dataclass(frozen=True)
+class _HfTokenConfig:
+    """tokenizer_config.json merged with special_tokens_map.json as transformers merges them, remembering which file
+    gave each key (for error messages)."""
+
+    values: dict[str, Any]
+    origins: dict[str, pathlib.Path]
+    directory: pathlib.Path
+
+    @classmethod
+    def read(cls, directory: pathlib.Path) -> _HfTokenConfig:
+        values = _read_json(directory / _TOKENIZER_CONFIG)
+        origins = dict.fromkeys(values, directory / _TOKENIZER_CONFIG)
+        if "added_tokens_decoder" not in values:
+            special_map = _read_json(directory / _SPECIAL_TOKENS_MAP)
+            values.update(special_map)
+            origins.update(dict.fromkeys(special_map, directory / _SPECIAL_TOKENS_MAP))
+        return cls(values, origins, directory)
+
+    def origin(self, key: str) -> pathlib.Path:
+        return self.origins.get(key, self.directory / _TOKENIZER_CONFIG)
+
+
+def _hf_special_ids(
+    tokenizer: tokenizers.Tokenizer, directory: pathlib.Path, config: _HfTokenConfig | None = None
+) -> dict[str, int | None]:
+    """bos_id/eos_id/unk_id from tokenizer_config.json or special_tokens_map.json (token text), else
+    generation_config.json, else config.json."""
+    config = config or _HfTokenConfig.read(directory)
     id_configs = [_read_json(directory / name) for name in _ID_CONFIGS]
     ids: dict[str, int | None] = {}
     for name in ("bos", "eos", "unk"):
-        token_id = _config_token_id(tokenizer, token_config.get(f"{name}_token"), directory / _TOKENIZER_CONFIG, name)
+        key = f"{name}_token"
+        token_id = _config_token_id(tokenizer, config.values.get(key), config.origin(key), name)
         if token_id is None:
-            found = (_first_id(config.get(f"{name}_token_id")) for config in id_configs)
+            found = (_first_id(id_config.get(f"{name}_token_id")) for id_config in id_configs)
             token_id = next((i for i in found if i is not None), None)
         ids[f"{name}_id"] = token_id
     return ids
+
+
+def _hf_special_texts(tokenizer: tokenizers.Tokenizer, config: _HfTokenConfig) -> dict[str, str]:
+    """The special tokens transformers hands a template: `SPECIAL_TOKEN_NAMES` that the config names (each must be in
+    the vocabulary), plus model-specific `*_token` texts and `extra_special_tokens` entries (e.g. "image_token")."""
+    texts = {}
+    for key in SPECIAL_TOKEN_NAMES:
+        if _config_token_id(tokenizer, config.values.get(key), config.origin(key), key.removesuffix("_token")) is None:
+            continue
+        value = config.values[key]
+        texts[key] = value["content"] if isinstance(value, dict) else value
+    for key, value in config.values.items():
+        if key.endswith("_token") and key not in SPECIAL_TOKEN_NAMES and isinstance(value, str):
+            texts[key] = value
+    extra = config.values.get("extra_special_tokens")
+    if isinstance(extra, dict):  # a list there holds unnamed extra tokens, which templates do not see
+        texts.update({key: value for key, value in extra.items() if isinstance(value, str)})
+    return texts
+
+
+def _hf_chat_template(directory: pathlib.Path, config: _HfTokenConfig) -> ChatTemplate | None:
+    """The chat template(s) of a Hugging Face directory, where transformers looks for them: chat_template.jinja and
+    additional_chat_templates/<name>.jinja first, else tokenizer_config.json's `chat_template` (a string or a list of
+    named templates); processors' chat_template.json last."""
+    templates = {}
+    if (directory / _CHAT_TEMPLATE_FILE).is_file():
+        templates["default"] = (directory / _CHAT_TEMPLATE_FILE).read_text(encoding="utf-8")
+    for path in sorted((directory / _CHAT_TEMPLATE_DIR).glob("*.jinja")):
+        templates[path.name.removesuffix(".jinja")] = path.read_text(encoding="utf-8")
+    value, where = templates or config.values.get("chat_template"), config.origin("chat_template")
+    if value is None:
+        where = directory / _PROCESSOR_CHAT_TEMPLATE
+        value = _read_json(where).get("chat_template")
+    try:
+        return normalize_templates(value, f"{where}: chat_template")
+    except ChatTemplateError as e:
+        raise VocabularyError(str(e)) from e
 
 
 def _config_token_id(tokenizer: tokenizers.Tokenizer, token: Any, path: pathlib.Path, name: str) -> int | None:
@@ -398,6 +622,12 @@ def _load_resolved(path: pathlib.Path) -> seqio.Vocabulary:
     )
 
 
+def chat_template_of(vocab: seqio.Vocabulary) -> ChatTemplate | None:
+    """The chat template a vocabulary carries, or None (always for seqio's SentencePiece vocabularies, which have
+    no place for one): lets callers choose a prompt style without knowing the vocabulary's class."""
+    return vocab.chat_template if isinstance(vocab, HfTokenizerVocabulary) else None
+
+
 def _sentencepiece(path: pathlib.Path) -> seqio.SentencePieceVocabulary:
     """seqio's own SentencePiece vocabulary, loaded now so that a bad file fails here, naming itself."""
     vocab = seqio.SentencePieceVocabulary(str(path))
@@ -406,3 +636,37 @@ def _sentencepiece(path: pathlib.Path) -> seqio.SentencePieceVocabulary:
     except Exception as e:  # protobuf and sentencepiece raise their own, unrelated error types
         raise VocabularyError(f"{path}: not a readable SentencePiece model: {e}") from e
     return vocab
+
+
+def bos_to_prepend(vocab: seqio.Vocabulary) -> int | None:
+    """The BOS id that model inputs start with, or None when the tokenizer adds no BOS (SmolLM2, Qwen2; seqio's
+    SentencePiece vocabularies, as seqio's own models are trained)."""
+    if not getattr(vocab, "add_bos", False) or vocab.bos_id is None:
+        return None
+    return int(vocab.bos_id)
+
+
+def encode_model_input(vocab: seqio.Vocabulary, text: str) -> list[int]:
+    """`text` as model input ids: BOS first exactly when the tokenizer adds it, and never twice (a chat template
+    such as Llama 3's writes BOS itself)."""
+    ids = list(vocab.encode(text))
+    bos = bos_to_prepend(vocab)
+    if bos is not None and ids[:1] != [bos]:
+        ids.insert(0, bos)
+    return ids
+
+
+def prepend_bos_preprocessor(dataset: tf.data.Dataset, output_features: dict[str, seqio.Feature]) -> tf.data.Dataset:
+    """A seqio preprocessor (after tokenize): `encode_model_input`'s BOS rule on the "inputs" feature."""
+    bos = bos_to_prepend(output_features["inputs"].vocabulary)
+    if bos is None:
+        return dataset
+
+    def prepend(example: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        inputs = example["inputs"]  # int [length]
+        bos_first = tf.constant([bos], inputs.dtype)
+        starts_with_bos = tf.reduce_any(tf.equal(inputs[:1], bos_first))  # False for empty inputs
+        inputs = tf.cond(starts_with_bos, lambda: inputs, lambda: tf.concat([bos_first, inputs], axis=0))
+        return {**example, "inputs": inputs}
+
+    return dataset.map(prepend, num_parallel_calls=tf.data.AUTOTUNE)

@@ -32,10 +32,12 @@ def tiny_checkpoint(tmp_path_factory):
     return save_tiny_checkpoint(tmp_path_factory.mktemp("tiny_model"))
 
 
-def test_stages_run_in_order_through_the_entry_point(tiny_checkpoint, tmp_path):
+@pytest.mark.parametrize("style", ["plain", "chat"])
+def test_stages_run_in_order_through_the_entry_point(style, tiny_checkpoint, tmp_path):
     parse_gin([], [
         f"lsi.Experiment.run_dir = '{tmp_path}'",
         f"lsi.Experiment.model = '{tiny_checkpoint}'",
+        f"lsi.Experiment.prompt_style = '{style}'",
         "lsi.Experiment.task = 'arithmetic'",
         "lsi.Experiment.task_kwargs = {'pool_size': 4, 'eval_size': 3}",
         "lsi.Experiment.sample = @lsi.SampleStageConfig()",
@@ -56,7 +58,7 @@ def test_stages_run_in_order_through_the_entry_point(tiny_checkpoint, tmp_path):
     ])
     experiment = Experiment()
     manifest = run_stage(experiment, "sample")["arithmetic"]
-    assert manifest["counts"]["samples_expected"] == 12
+    assert manifest["counts"]["samples_expected"] == 12 and manifest["config"]["prompt_style"] == style
     assert run_stage(experiment, "vote")["arithmetic"]["counts"]["questions"] == 4
     # A random model answers nothing parseable, so no pseudo-labels exist: write two by hand to feed the next stages.
     labels = [{"question_id": f"x{i}", "question": f"What is {i} + 1?", "answer": str(i + 1), "vote_count": 2,
@@ -69,8 +71,13 @@ def test_stages_run_in_order_through_the_entry_point(tiny_checkpoint, tmp_path):
     trained = run_stage(experiment, "train")
     assert trained["steps"] == 2 and (tmp_path / "round_1" / "train" / "hf" / "config.json").exists()
     assert formats["counts"]["examples"] == 4 * formats["counts"]["kept_paths"]
+    assert formats["config"]["prompt_style"] == style
+    assert json.loads((tmp_path / "round_1" / "train" / "manifest.json").read_text())["prompt_style"] == style
+    assert json.loads((round_dir / "votes" / "manifest.json").read_text())["config"]["prompt_style"] == style
     after = run_stage(experiment, "eval", eval_model="trained")["arithmetic"]
-    assert after["modes"]["cot_greedy"]["accuracy"]["n"] == 3
+    assert after["modes"]["cot_greedy"]["accuracy"]["n"] == 3 and after["prompt_style"] == style
+    generation = json.loads((tmp_path / "round_1" / "train" / "hf" / "generation_config.json").read_text())
+    assert generation["eos_token_id"] == 2  # SmolLM2's EOS is its end-of-turn token, <|im_end|>
     assert (tmp_path / "eval" / "round_1" / "arithmetic" / "self_consistency" / "predictions.jsonl").exists()
     metrics = run_stage(experiment, "eval", eval_tag="before")["arithmetic"]
     assert json.loads((tmp_path / "eval" / "before" / "arithmetic" / "metrics.json").read_text()) == json.loads(
@@ -79,6 +86,12 @@ def test_stages_run_in_order_through_the_entry_point(tiny_checkpoint, tmp_path):
         "samples-00000-of-00002.jsonl", "samples-00001-of-00002.jsonl"]
     with pytest.raises(ValueError, match="Unknown stage"):
         run_stage(experiment, "fly")
+    # The other style never resumes or keeps this one's samples or training.
+    gin.bind_parameter("lsi.Experiment.prompt_style", "chat" if style == "plain" else "plain")
+    with pytest.raises(ValueError, match="prompt_style: shards have"):
+        run_stage(Experiment(), "sample")
+    with pytest.raises(ValueError, match="made in another prompt style"):
+        run_stage(Experiment(), "train")
 
 
 def test_a_rerun_keeps_complete_eval_modes(tiny_checkpoint, tmp_path, monkeypatch):
@@ -108,6 +121,7 @@ def test_generation_stages_feed_table6_and_figure3(tmp_path, monkeypatch):
     lm = ScriptedLM(tuple(vocab.encode(script)), vocab_size=49152)
     loaded = []
     monkeypatch.setattr(Experiment, "loaded_model", lambda self, ckpt: loaded.append(ckpt) or (lm, None, vocab, None))
+    monkeypatch.setattr(Experiment, "vocabulary", lambda self, ckpt: vocab)
     parse_gin([], [
         f"lsi.Experiment.run_dir = '{tmp_path}'",
         "lsi.Experiment.model = 'base-model'",

@@ -11,6 +11,7 @@ import pytest
 
 from lsi.tasks import PromptFormat, build_prompt, get_task, task_names
 from lsi.tasks import drop as drop_module
+from lsi.tasks import procedural
 from lsi.tasks.answers import canonicalize, parse_answer
 from lsi.tasks.base import PROMPTS_DIR, ExemplarSet, data_dir
 from lsi.tasks.loading import EvalOnlyTaskError
@@ -250,13 +251,15 @@ def test_subsampling_is_seeded_and_keeps_order():
 @pytest.mark.parametrize("name", PROCEDURAL)
 def test_reasoning_gym_tasks(name):
     t = get_task(name, seed=7, pool_size=300, eval_size=100)
-    pool, evaluation = t.load_pool(), t.load_eval()
-    assert (len(pool), len(evaluation)) == (300, 100)
-    assert not {e.question for e in pool} & {e.question for e in evaluation}
-    assert not {e.metadata["key"] for e in pool} & {e.metadata["key"] for e in evaluation}
+    pool, dev, evaluation = t.load_pool(), t.load_dev(), t.load_eval()
+    assert (len(pool), len(dev), len(evaluation)) == (300, 200, 100)
+    for first, second in ((pool, evaluation), (pool, dev), (dev, evaluation)):
+        assert not {e.question for e in first} & {e.question for e in second}
+        assert not {e.metadata["key"] for e in first} & {e.metadata["key"] for e in second}
     assert len({e.question for e in pool}) == 300
     exemplar_questions = {x.question for x in t.exemplar_sets["default"].exemplars}
-    assert not exemplar_questions & {e.question for e in pool + evaluation}
+    assert not exemplar_questions & {e.question for e in pool + dev + evaluation}
+    procedural._UNIVERSES.clear()  # drawn afresh, not read from the cache
     again = get_task(name, seed=7, pool_size=100, eval_size=100)  # deterministic, and a smaller pool is a prefix
     def rows(examples):
         return [(e.id, e.question, e.answer) for e in examples]
@@ -277,7 +280,8 @@ def test_arithmetic_is_two_term_small_addition_and_subtraction():
         assert m, example.question
         a, op, b = (m["a"], m["op"], m["b"]) if m["a"] else (m["c"], m["op2"], m["d"])
         assert int(example.answer) == (int(a) + int(b) if op == "+" else int(a) - int(b))
-    assert get_task("arithmetic").load_pool()[0].id == "arithmetic-pool-s0-000000"
+    # pinned: the pool hands out problems in hash order; 021910 is the stream index of this one's first draw
+    assert get_task("arithmetic").load_pool()[0].id == "arithmetic-pool-s0-021910"
 
 
 def test_generic_jsonl_task(tmp_path):
@@ -345,10 +349,19 @@ def test_seqio_round_trip():
     from lsi.tasks.seqio_tasks import register_seqio_task
     from lsi.vocab import load_vocabulary
 
+    from lsi.tasks.prompt_style import Prompter
+
     vocabulary = load_vocabulary("smollm2-135m-instruct")
     t = get_task("arc_challenge", eval_size=4)
-    name = register_seqio_task(t, vocabulary, fmt="few_shot_cot", split="eval")
-    again = register_seqio_task(t, vocabulary, fmt="few_shot_cot", split="eval")  # re-registering replaces it
+    # The default is the vocabulary's own (chat) style: the target is the assistant turn, ending with its token.
+    chat_name = register_seqio_task(t, vocabulary, fmt="few_shot_cot", split="eval")
+    chat_row = next(seqio.get_mixture_or_task(chat_name).get_dataset(
+        sequence_length=None, split="eval", shuffle=False).as_numpy_iterator())
+    assert vocabulary.detokenize(chat_row["targets"]) == f"The answer is ({t.load_eval()[0].answer}).<|im_end|>"
+    assert chat_row["inputs_pretokenized"].decode().endswith("<|im_start|>assistant\n")
+    name = register_seqio_task(t, vocabulary, fmt="few_shot_cot", split="eval", prompter=Prompter())
+    again = register_seqio_task(t, vocabulary, fmt="few_shot_cot", split="eval",  # re-registering replaces it
+                                prompter=Prompter())
     assert name == again == "lsi_arc_challenge_few_shot_cot"
     dataset = seqio.get_mixture_or_task(name).get_dataset(sequence_length=None, split="eval", shuffle=False)
     rows = list(dataset.as_numpy_iterator())

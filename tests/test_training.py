@@ -115,7 +115,7 @@ def _seqio_task(directory, name="test_training_seqio_source"):
             feature = {k: tf.train.Feature(bytes_list=tf.train.BytesList(value=[v.encode()]))
                        for k, v in (("inputs", q), ("targets", a))}
             writer.write(tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString())
-    return register_formatted_task(name, directory, vocab), vocab
+    return register_formatted_task(name, directory, vocab, prompt_style="plain"), vocab
 
 
 def test_seqio_task_source(tmp_path):

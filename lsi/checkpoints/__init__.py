@@ -12,6 +12,7 @@ from typing import Any
 
 from lsi.checkpoints.gguf_file import config_from_gguf, load_gguf, open_gguf
 from lsi.checkpoints.hf import config_from_hf, config_to_hf, load_hf_config, load_hf_directory, save_hf_directory
+from lsi.checkpoints.hf import write_generation_config
 from lsi.checkpoints.layout import CheckpointError
 from lsi.checkpoints.registry import PACKAGED_MODELS, resolve_model_path
 from lsi.models.configs import TransformerConfig
@@ -44,4 +45,5 @@ def load_config(path_or_name: str | os.PathLike) -> TransformerConfig:
 __all__ = [
     "CheckpointError", "PACKAGED_MODELS", "config_from_hf", "config_to_hf", "load_checkpoint", "load_config",
     "load_gguf", "load_hf_config", "load_hf_directory", "resolve_model_path", "save_hf_directory",
+    "write_generation_config",
 ]

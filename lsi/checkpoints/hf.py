@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
 from lsi.checkpoints.layout import CheckpointError, params_from_hf, params_to_hf
+from lsi.io_utils import write_json_atomic
 from lsi.models.configs import RopeScaling, TransformerConfig
 
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "Qwen2ForCausalLM")
@@ -194,20 +195,43 @@ def load_hf_directory(directory: str | os.PathLike) -> tuple[TransformerConfig, 
     return cfg, params_from_hf(cfg, get, str(directory))
 
 
-def save_hf_directory(cfg: TransformerConfig, params: dict, directory: str | os.PathLike) -> pathlib.Path:
-    """Writes config.json + model.safetensors (float32) that transformers loads; returns the directory."""
+EXPORT_DTYPES = ("float32", "bfloat16")
+
+
+def save_hf_directory(cfg: TransformerConfig, params: dict, directory: str | os.PathLike,
+                      dtype: str = "float32") -> pathlib.Path:
+    """Writes config.json + model.safetensors (float32, or bfloat16 for half the size) that transformers loads;
+    returns the directory."""
+    import ml_dtypes  # noqa: PLC0415 - comes with jax; numpy has no bfloat16 of its own
     from safetensors.numpy import save_file  # noqa: PLC0415
 
+    if dtype not in EXPORT_DTYPES:
+        raise ValueError(f"Export dtype must be one of {EXPORT_DTYPES}, got {dtype!r}.")
     directory = pathlib.Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tensors = params_to_hf(cfg, jax_to_numpy(params))
+    if dtype == "bfloat16":
+        tensors = {name: array.astype(ml_dtypes.bfloat16) for name, array in tensors.items()}
     tmp = directory / "model.safetensors.tmp"
     save_file(tensors, str(tmp), metadata={"format": "pt"})
     os.replace(tmp, directory / "model.safetensors")
-    tmp_config = directory / "config.json.tmp"
-    tmp_config.write_text(json.dumps(config_to_hf(cfg), indent=2))
-    os.replace(tmp_config, directory / "config.json")
+    write_json_atomic(directory / "config.json", {**config_to_hf(cfg), "torch_dtype": dtype})
     return directory
+
+
+def write_generation_config(directory: str | os.PathLike, *, bos_id: int | None, stop_ids: Sequence[int],
+                            pad_id: int | None) -> pathlib.Path:
+    """generation_config.json: what `generate` (transformers, vLLM) stops on. `stop_ids` lists EOS and, for a chat
+    model, its end-of-turn token, so a chat reply ends where lsi's sampler ends it; greedy by default."""
+    config: dict[str, Any] = {"do_sample": False}
+    if bos_id is not None:
+        config["bos_token_id"] = int(bos_id)
+    if stop_ids:
+        ids = [int(i) for i in stop_ids]
+        config["eos_token_id"] = ids[0] if len(ids) == 1 else ids
+    if pad_id is not None:
+        config["pad_token_id"] = int(pad_id)
+    return write_json_atomic(pathlib.Path(directory) / "generation_config.json", config)
 
 
 def jax_to_numpy(tree: Any) -> Any:

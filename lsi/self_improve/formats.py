@@ -9,6 +9,7 @@ Table 4) with rates proportional to their example counts by default.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import pathlib
 import time
@@ -18,7 +19,8 @@ from lsi.io_utils import write_json_atomic
 from lsi.self_improve.manifest import environment, file_sha256
 from lsi.self_improve.voting import read_pseudo_labels
 from lsi.tasks.base import Example, Task
-from lsi.tasks.prompting import PromptFormat, build_prompt, build_target
+from lsi.tasks.prompt_style import PLAIN, Prompter
+from lsi.tasks.prompting import PromptFormat
 
 FORMAT_PRESETS: dict[str, tuple[PromptFormat, ...]] = {
     "all": tuple(PromptFormat),  # the full method ("LMSI w/ CoT formats")
@@ -41,18 +43,19 @@ class FormatStageConfig:
         return tuple(PromptFormat(f) for f in self.formats)
 
 
-def training_examples(task: Task, pseudo_labels: Sequence[dict[str, Any]],
-                      formats: Sequence[PromptFormat]) -> Iterator[dict[str, Any]]:
-    """(inputs, targets) text pairs: for each question, each kept path, each format (paper order)."""
+def training_examples(task: Task, pseudo_labels: Sequence[dict[str, Any]], formats: Sequence[PromptFormat],
+                      prompter: Prompter = Prompter()) -> Iterator[dict[str, Any]]:
+    """(inputs, targets) text pairs: for each question, each kept path, each format (paper order), written in the
+    prompter's style."""
     for label in pseudo_labels:
         example = Example(label["question_id"], label["question"])
         exemplars = task.exemplars_for(example)
-        prompts = {fmt: build_prompt(fmt, label["question"], exemplars) for fmt in formats}
+        prompts = {fmt: prompter.prompt(fmt, label["question"], exemplars) for fmt in formats}
         for path in label["paths"]:
             for fmt in formats:
                 yield {
                     "inputs": prompts[fmt],
-                    "targets": build_target(fmt, path["text"], label["answer"], task.answer_type),
+                    "targets": prompter.target(fmt, path["text"], label["answer"], task.answer_type),
                     "question_id": label["question_id"],
                     "format": fmt.value,
                     "sample_index": int(path["sample_index"]),
@@ -81,8 +84,10 @@ def _write_tfrecord_atomic(path: pathlib.Path, serialized: Sequence[bytes]) -> N
 
 
 def run_format_stage(task: Task, pseudo_labels_path: str | os.PathLike, output_dir: str | os.PathLike,
-                     config: FormatStageConfig = FormatStageConfig()) -> dict[str, Any]:
-    """Writes the training examples as TFRecord shards (round-robin by example) and a manifest with counts."""
+                     config: FormatStageConfig = FormatStageConfig(), prompter: Prompter = Prompter()
+                     ) -> dict[str, Any]:
+    """Writes the training examples as TFRecord shards (round-robin by example) and a manifest with counts; the
+    examples are written in `prompter`'s style (plain unless given), which the manifest records."""
     start = time.perf_counter()
     output_dir = pathlib.Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -91,7 +96,7 @@ def run_format_stage(task: Task, pseudo_labels_path: str | os.PathLike, output_d
     shards: list[list[bytes]] = [[] for _ in range(config.num_shards)]
     per_format = {f.value: 0 for f in formats}
     count = 0
-    for count, record in enumerate(training_examples(task, labels, formats), start=1):
+    for count, record in enumerate(training_examples(task, labels, formats, prompter), start=1):
         shards[(count - 1) % config.num_shards].append(_tf_example(record))
         per_format[record["format"]] += 1
     outputs = {}
@@ -102,7 +107,7 @@ def run_format_stage(task: Task, pseudo_labels_path: str | os.PathLike, output_d
     manifest = {
         "stage": "format",
         "config": {"formats": [f.value for f in formats], "num_shards": config.num_shards, "task": task.name,
-                   "answer_type": task.answer_type},
+                   "answer_type": task.answer_type, **prompter.describe()},
         "inputs": {"pseudo_labels": str(pseudo_labels_path), "sha256": file_sha256(pseudo_labels_path)},
         "outputs": outputs,
         "counts": {"questions": len(labels), "kept_paths": sum(len(r["paths"]) for r in labels),
@@ -113,14 +118,27 @@ def run_format_stage(task: Task, pseudo_labels_path: str | os.PathLike, output_d
     return manifest
 
 
-def register_formatted_task(name: str, output_dir: str | os.PathLike, vocabulary: Any) -> str:
-    """Registers the format stage's TFRecords as SeqIO Task `name` (split "train"); re-registering replaces it."""
+def register_formatted_task(name: str, output_dir: str | os.PathLike, vocabulary: Any,
+                            prompt_style: str | None = None) -> str:
+    """Registers the format stage's TFRecords as SeqIO Task `name` (split "train"); re-registering replaces it.
+
+    Inputs start with BOS where the tokenizer adds it. Targets end with EOS in plain style, while chat-style targets
+    already end with the assistant turn's end-of-turn token. The style is the stage manifest's unless given (shards
+    written by other tools, without a manifest, must name it)."""
     import seqio  # noqa: PLC0415
     import tensorflow as tf  # noqa: PLC0415
+
+    from lsi.vocab import prepend_bos_preprocessor  # noqa: PLC0415
 
     output_dir = pathlib.Path(output_dir)
     if not list(output_dir.glob("examples-*.tfrecord")):
         raise FileNotFoundError(f"{output_dir} has no examples-*.tfrecord shards: run the format stage first.")
+    if prompt_style is None:
+        manifest_path = output_dir / "manifest.json"
+        if not manifest_path.exists():
+            raise FileNotFoundError(f"{manifest_path} does not exist, so the prompt style of the examples is unknown: "
+                                    "run the format stage, or pass prompt_style.")
+        prompt_style = json.loads(manifest_path.read_text())["config"].get("prompt_style", PLAIN)
     if name in seqio.TaskRegistry.names():
         seqio.TaskRegistry.remove(name)
     seqio.TaskRegistry.add(
@@ -130,10 +148,11 @@ def register_formatted_task(name: str, output_dir: str | os.PathLike, vocabulary
             feature_description={"inputs": tf.io.FixedLenFeature([], tf.string),
                                  "targets": tf.io.FixedLenFeature([], tf.string)},
         ),
-        preprocessors=[seqio.preprocessors.tokenize, seqio.preprocessors.append_eos_after_trim],
+        preprocessors=[seqio.preprocessors.tokenize, prepend_bos_preprocessor,
+                       seqio.preprocessors.append_eos_after_trim],
         output_features={
             "inputs": seqio.Feature(vocabulary, add_eos=False),
-            "targets": seqio.Feature(vocabulary, add_eos=True),
+            "targets": seqio.Feature(vocabulary, add_eos=prompt_style == PLAIN),
         },
     )
     return name
@@ -142,8 +161,6 @@ def register_formatted_task(name: str, output_dir: str | os.PathLike, vocabulary
 def register_mixture(name: str, tasks: dict[str, str | os.PathLike], rates: dict[str, float] | None = None) -> str:
     """A SeqIO Mixture over registered formatted tasks ({task name: its format-stage output dir}); by default each
     task's rate is its number of examples (from its manifest), i.e. examples are sampled uniformly."""
-    import json  # noqa: PLC0415
-
     import seqio  # noqa: PLC0415
 
     if rates is None:

@@ -1,9 +1,10 @@
 """Self-generated questions and self-generated CoT exemplars (PAPER.md section 4).
 
-Questions: prompt the model with k seed questions in random order ("Q: q1\\nQ: q2\\n...\\nQ:"), sample the next line
-as a new question, normalise, de-duplicate against the seeds and each other, and keep only questions whose
-self-consistency vote share reaches a threshold. The kept questions are written as a pool JSONL file
-({"id", "question"}) that the generic `jsonl` task reads, so they flow through the normal pipeline.
+Questions: prompt the model with k seed questions in random order ("Q: q1\\nQ: q2\\n...\\nQ:"; in chat style one
+user turn that lists them and asks for one more of the kind), sample the next line as a new question, normalise,
+de-duplicate against the seeds and each other, and keep only questions whose self-consistency vote share reaches a
+threshold. The kept questions are written as a pool JSONL file ({"id", "question"}) that the generic `jsonl` task
+reads, so they flow through the normal pipeline.
 
 Exemplars: greedy zero-shot "Let's think step by step." rationales on pool questions become exemplar files
 (`templates` files of `shots` exemplars each, as the paper's 20 x 4), which a task can rotate over.
@@ -28,7 +29,8 @@ from lsi.self_improve.voting import vote_answers
 from lsi.tasks.answers import display_answer, parse_answer
 from lsi.tasks.base import Exemplar, ExemplarSet, Task
 from lsi.tasks.loading import stable_hash
-from lsi.tasks.prompting import PromptFormat, build_prompt, stop_strings
+from lsi.tasks.prompt_style import PLAIN, Prompter
+from lsi.tasks.prompting import PromptFormat
 
 _ANSWER_SENTENCE = re.compile(r"(?:so\s+)?the\s+answer\s+is\b", re.IGNORECASE)
 
@@ -63,29 +65,39 @@ def _dedupe_key(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", " ", text.lower()).strip()
 
 
-def generation_prompts(seeds: Sequence[str], config: QuestionGenConfig) -> list[str]:
-    """`num_prompts` prompts of shuffled seed questions, each ending with 'Q:' for the model to continue."""
+def generation_prompts(seeds: Sequence[str], config: QuestionGenConfig, prompter: Prompter = Prompter()
+                       ) -> list[str]:
+    """`num_prompts` prompts of shuffled seed questions: plain text ends with 'Q:' for the model to continue; a chat
+    prompt lists them in a user turn that asks for one new question."""
     rng = random.Random(config.seed)
     prompts = []
     for _ in range(config.num_prompts):
         shown = rng.sample(list(seeds), min(config.questions_per_prompt, len(seeds)))
-        prompts.append("".join(f"Q: {q}\n" for q in shown) + "Q:")
+        listed = "".join(f"Q: {q}\n" for q in shown)
+        if prompter.style == PLAIN:
+            prompts.append(listed + "Q:")
+        else:
+            prompts.append(prompter.request(f"{listed}\nWrite one new question of the same kind. Reply with the "
+                                            "question only, on one line."))
     return prompts
 
 
 def generate_questions(task: Task, lm: LanguageModel, params: Any, vocab: Any, max_length: int,
                        config: QuestionGenConfig, output_dir: str | os.PathLike, *, mesh: Any = None,
-                       progress: bool = True) -> dict[str, Any]:
-    """Writes generated_pool.jsonl (kept questions) and manifest.json (counts at each filter) under output_dir."""
+                       progress: bool = True, prompter: Prompter | None = None) -> dict[str, Any]:
+    """Writes generated_pool.jsonl (kept questions) and manifest.json (counts at each filter) under output_dir.
+    `prompter` writes both the generation and the filter's prompts (default: the vocabulary's own style)."""
     start = time.perf_counter()
+    prompter = prompter or Prompter.for_vocabulary(vocab)
     output_dir = pathlib.Path(output_dir)
     pool = load_pool(task)
     seeds = [q.question for q in random.Random(config.seed).sample(pool, min(config.num_seed_questions, len(pool)))]
     generator = BatchSampler(lm, params, vocab, max_length, num_samples=config.samples_per_prompt,
                              max_new_tokens=config.max_question_tokens,
                              method=Temperature(config.temperature, config.top_k), stop_strings=("\n",),
-                             batch_size=config.batch_size, seed=config.seed, mesh=mesh, progress=progress)
-    requests = [SampleRequest(f"genprompt-{i}", p) for i, p in enumerate(generation_prompts(seeds, config))]
+                             eos_ids=prompter.eos_ids, batch_size=config.batch_size, seed=config.seed, mesh=mesh,
+                             progress=progress)
+    requests = [SampleRequest(f"genprompt-{i}", p) for i, p in enumerate(generation_prompts(seeds, config, prompter))]
     raw = [text for c in generator.run(requests, total=len(requests)) for text in c.texts]
     seen = {_dedupe_key(s) for s in seeds}
     candidates, counts = [], {"generated": len(raw), "too_short": 0, "duplicate": 0}
@@ -104,9 +116,9 @@ def generate_questions(task: Task, lm: LanguageModel, params: Any, vocab: Any, m
     checker = BatchSampler(lm, params, vocab, max_length, num_samples=config.filter_samples,
                            max_new_tokens=config.filter_max_new_tokens,
                            method=Temperature(config.filter_temperature, config.top_k),
-                           stop_strings=stop_strings(exemplars), batch_size=config.batch_size,
-                           seed=config.seed + 1, mesh=mesh, progress=progress)
-    cot_requests = [SampleRequest(f"gen-{i:06d}", build_prompt(PromptFormat.FEW_SHOT_COT, q, exemplars))
+                           stop_strings=prompter.stop_strings(exemplars), eos_ids=prompter.eos_ids,
+                           batch_size=config.batch_size, seed=config.seed + 1, mesh=mesh, progress=progress)
+    cot_requests = [SampleRequest(f"gen-{i:06d}", prompter.prompt(PromptFormat.FEW_SHOT_COT, q, exemplars))
                     for i, q in enumerate(candidates)]
     kept = []
     for completion in checker.run(cot_requests, total=len(cot_requests)):
@@ -119,7 +131,8 @@ def generate_questions(task: Task, lm: LanguageModel, params: Any, vocab: Any, m
     counts["kept"] = len(kept)
     path = write_jsonl_atomic(output_dir / "generated_pool.jsonl",
                               [{"id": r["id"], "question": r["question"]} for r in kept])
-    manifest = {"stage": "generate_questions", "config": dataclasses.asdict(config), "task": task.name,
+    manifest = {"stage": "generate_questions", "config": dataclasses.asdict(config), **prompter.describe(),
+                "task": task.name,
                 "seed_questions": seeds, "counts": counts, "outputs": {path.name: len(kept)},
                 "last_run": {"seconds": time.perf_counter() - start, "environment": environment()}}
     write_json_atomic(output_dir / "manifest.json", manifest)
@@ -146,24 +159,26 @@ def split_rationale(text: str) -> str:
 
 def generate_exemplars(task: Task, lm: LanguageModel, params: Any, vocab: Any, max_length: int,
                        config: PromptGenConfig, output_dir: str | os.PathLike, *, mesh: Any = None,
-                       progress: bool = True) -> list[pathlib.Path]:
-    """Writes `templates` exemplar files (generated_00.json, ...) from greedy zero-shot CoT on pool questions.
+                       progress: bool = True, prompter: Prompter | None = None) -> list[pathlib.Path]:
+    """Writes `templates` exemplar files (generated_00.json, ...) from greedy zero-shot CoT on pool questions, asked
+    in `prompter`'s style (default: the vocabulary's own).
 
     Questions whose rationale yields no parseable answer or no reasoning are skipped; the manifest counts them.
     """
     output_dir = pathlib.Path(output_dir)
+    prompter = prompter or Prompter.for_vocabulary(vocab)
     needed = config.templates * config.shots
     pool = load_pool(task)
     order = list(range(len(pool)))
     random.Random(config.seed).shuffle(order)
     sampler = BatchSampler(lm, params, vocab, max_length, num_samples=1, max_new_tokens=config.max_new_tokens,
-                           method=Greedy(), stop_strings=("\n\nQ:", "\nQ:"), batch_size=config.batch_size,
-                           mesh=mesh, progress=progress)
+                           method=Greedy(), stop_strings=prompter.stop_strings(), eos_ids=prompter.eos_ids,
+                           batch_size=config.batch_size, mesh=mesh, progress=progress)
     exemplars: list[Exemplar] = []
     skipped = 0
     # Ask for a margin of extra questions, since some rationales have no usable answer.
     candidates = [pool[i] for i in order[: min(len(pool), 2 * needed)]]
-    requests = [SampleRequest(q.id, build_prompt(PromptFormat.ZERO_SHOT_COT, q.question)) for q in candidates]
+    requests = [SampleRequest(q.id, prompter.prompt(PromptFormat.ZERO_SHOT_COT, q.question)) for q in candidates]
     by_id = {q.id: q for q in candidates}
     for completion in sampler.run(requests, total=len(requests)):
         text = completion.texts[0]
@@ -188,7 +203,7 @@ def generate_exemplars(task: Task, lm: LanguageModel, params: Any, vocab: Any, m
                   "exemplars": [dataclasses.asdict(e) for e in chosen]}
         paths.append(write_json_atomic(output_dir / f"generated_{t:02d}.json", record))
     write_json_atomic(output_dir / "manifest.json", {
-        "stage": "generate_exemplars", "config": dataclasses.asdict(config), "task": task.name,
+        "stage": "generate_exemplars", "config": dataclasses.asdict(config), **prompter.describe(), "task": task.name,
         "counts": {"questions_tried": len(requests), "skipped": skipped, "usable": len(exemplars),
                    "templates": config.templates}, "environment": environment()})
     return paths

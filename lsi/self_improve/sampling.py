@@ -27,7 +27,8 @@ from lsi.io_utils import read_jsonl, write_json_atomic, write_text_atomic
 from lsi.self_improve.manifest import environment, file_sha256
 from lsi.tasks.answers import parse_answer
 from lsi.tasks.base import Example, Task, check_unique_ids
-from lsi.tasks.prompting import PromptFormat, build_prompt, stop_strings
+from lsi.tasks.prompt_style import Prompter
+from lsi.tasks.prompting import PromptFormat
 
 log = logging.getLogger(__name__)
 
@@ -166,25 +167,27 @@ def load_pool(task: Task, max_questions: int | None = None) -> list[Example]:
 def run_sample_stage(task: Task, lm: LanguageModel, params: Any, vocab: Any, max_length: int,
                      config: SampleStageConfig, output_dir: str | os.PathLike, *, mesh: Any = None,
                      model_id: str = "", process_index: int = 0, process_count: int = 1,
-                     progress: bool = True, wait_for_all_processes: Callable[[], None] | None = None
-                     ) -> dict[str, Any]:
+                     progress: bool = True, wait_for_all_processes: Callable[[], None] | None = None,
+                     prompter: Prompter | None = None) -> dict[str, Any]:
     """Samples every incomplete shard owned by this process; returns (and writes) the stage manifest.
 
-    With several processes, `wait_for_all_processes` (a barrier) runs before process 0 writes the manifest, so it
-    lists every process's shards."""
+    `prompter` writes the prompts (default: the vocabulary's own style, chat when it carries a template). With several
+    processes, `wait_for_all_processes` (a barrier) runs before process 0 writes the manifest, so it lists every
+    process's shards."""
     output_dir = pathlib.Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     pool = load_pool(task, config.max_questions)
+    prompter = prompter or Prompter.for_vocabulary(vocab, source=model_id)
     settings = {**dataclasses.asdict(config), "task": task.name, "answer_type": task.answer_type,
                 "pool_sha256": pool_fingerprint(pool),
-                "model": model_id, "exemplar_sets": sorted(task.exemplar_sets)}
+                "model": model_id, "exemplar_sets": sorted(task.exemplar_sets), **prompter.describe()}
     _check_config_matches(output_dir, settings)
     fmt = PromptFormat(config.prompt_format)
     sampler = BatchSampler(
         lm, params, vocab, max_length, num_samples=config.num_samples, max_new_tokens=config.max_new_tokens,
         method=Temperature(config.temperature, config.top_k, config.top_p),
-        stop_strings=stop_strings(task.exemplars_for(pool[0])), batch_size=config.batch_size, seed=config.seed,
-        mesh=mesh, progress=progress,
+        stop_strings=prompter.stop_strings(task.exemplars_for(pool[0])), eos_ids=prompter.eos_ids,
+        batch_size=config.batch_size, seed=config.seed, mesh=mesh, progress=progress,
     )
     start = time.perf_counter()
     ranges = shard_ranges(len(pool), config.num_shards)
@@ -195,7 +198,7 @@ def run_sample_stage(task: Task, lm: LanguageModel, params: Any, vocab: Any, max
         if _shard_is_complete(path, questions, config.num_samples):
             skipped += 1
             continue
-        requests = [SampleRequest(q.id, build_prompt(fmt, q.question, task.exemplars_for(q))) for q in questions]
+        requests = [SampleRequest(q.id, prompter.prompt(fmt, q.question, task.exemplars_for(q))) for q in questions]
         completions = {c.example_id: c for c in sampler.run(requests, total=len(requests))} if requests else {}
         write_text_atomic(path, _shard_lines(questions, completions, task, fmt.value))
         sampled += 1

@@ -145,7 +145,8 @@ def run_vote_stage(task: Task, samples_dir: str | os.PathLike, output_dir: str |
     totals["mean_vote_share"] = sum(shares) / len(shares) if shares else 0.0
     manifest = {
         "stage": "vote",
-        "config": {**dataclasses.asdict(config), "task": task.name, "answer_type": task.answer_type},
+        "config": {**dataclasses.asdict(config), "task": task.name, "answer_type": task.answer_type,
+                   "prompt_style": sampling.get("prompt_style", "plain")},
         "inputs": {"samples_dir": str(samples_dir), "sampling_config": sampling,
                    "sample_shards_sha256": json.loads((samples_dir / "manifest.json").read_text()).get("outputs")
                    if (samples_dir / "manifest.json").exists() else None},

@@ -19,7 +19,7 @@ exemplar set of the task (DROP has two), a dict {set name: file} replaces the se
 | anli_r1/r2/r3 | nli | round dev (1,000 / 1,000 / 1,198) | round test (1,000 / 1,000 / 1,200) |
 | mnli | nli | (evaluation only) | matched dev (9,815) |
 | strategyqa | yes_no | train.json (2,061) | dev.json (229) |
-| arithmetic, chain_sum, leg_counting, gsm_symbolic | number | reasoning-gym: 70% of one seeded set of distinct problems (dev: 10%) | the other 20% |
+| arithmetic, chain_sum, leg_counting, gsm_symbolic | number | reasoning-gym: 70% of one problem set (dev 10%) | 20% |
 | jsonl | user's | user's file(s) | user's file(s) |
 """
 

@@ -18,7 +18,7 @@ import math
 import os
 import pathlib
 import time
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import flax
 import jax
@@ -57,6 +57,7 @@ class TrainConfig:
     dtype: Any = None  # compute dtype; None keeps the model config's
     peak_flops_per_s: float | None = None  # all devices together; enables the MFU metric
     progress_bar: bool = True
+    export_dtype: str = "float32"  # weights of the exported HF directory: float32 or bfloat16
 
     def __post_init__(self) -> None:
         if self.batch_size % self.num_microbatches:
@@ -377,13 +378,15 @@ def train(config: TrainConfig, model_cfg: TransformerConfig, init_params_or_chec
     return state, TrainSummary(start, int(state.step), restored_from, history)
 
 
-def export_hf(model_cfg: TransformerConfig, params: Any, directory: str | os.PathLike,
-              vocabulary: Any = None) -> pathlib.Path:
-    """Fine-tuned params (any placement) -> a HF directory (config.json, model.safetensors, tokenizer files).
+def export_hf(model_cfg: TransformerConfig, params: Any, directory: str | os.PathLike, vocabulary: Any = None,
+              stop_ids: Sequence[int] = (), dtype: str = "float32") -> pathlib.Path:
+    """Fine-tuned params (any placement) -> a HF directory (config.json, model.safetensors in `dtype`, and with a
+    `vocabulary` its tokenizer files, chat template included, and generation_config.json stopping on `stop_ids`,
+    default the vocabulary's EOS).
 
     With several processes every process must call this (gathering sharded params is collective); process 0
     writes the directory, and all return once it is complete."""
-    from lsi.checkpoints import save_hf_directory  # noqa: PLC0415
+    from lsi.checkpoints import save_hf_directory, write_generation_config  # noqa: PLC0415
 
     directory = pathlib.Path(directory)
     if jax.process_count() > 1:
@@ -391,20 +394,24 @@ def export_hf(model_cfg: TransformerConfig, params: Any, directory: str | os.Pat
 
         params = multihost_utils.process_allgather(params, tiled=True)
     if jax.process_index() == 0:
-        save_hf_directory(model_cfg.replace(dtype=jnp.float32), params, directory)
+        save_hf_directory(model_cfg.replace(dtype=jnp.float32), params, directory, dtype)
         if vocabulary is not None:
             vocabulary.save(directory)
+            eos = [vocabulary.eos_id] if vocabulary.eos_id is not None else []
+            write_generation_config(directory, bos_id=vocabulary.bos_id, stop_ids=list(stop_ids) or eos,
+                                    pad_id=getattr(vocabulary, "model_pad_id", None))
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices(f"export {directory}")
     return directory
 
 
 def finetune(config: TrainConfig, checkpoint: str | os.PathLike, task: str, output_dir: str | os.PathLike,
-             vocabulary: Any = None, export: bool = True, mesh: jax.sharding.Mesh | None = None) -> dict[str, Any]:
+             vocabulary: Any = None, export: bool = True, mesh: jax.sharding.Mesh | None = None,
+             stop_ids: Sequence[int] = ()) -> dict[str, Any]:
     """The LMSI fine-tuning stage: a checkpoint and a SeqIO task/mixture of "inputs"/"targets" text -> a trained
     run in `output_dir` (checkpoints, metrics.jsonl, data_stats.json) and, with `export`, a HF directory at
-    `output_dir/hf` (with the tokenizer when `vocabulary` is given). `mesh` defaults to `config.mesh`'s shape.
-    Rerunning the same call resumes."""
+    `output_dir/hf` (with the tokenizer when `vocabulary` is given, and a generation config stopping on `stop_ids`).
+    `mesh` defaults to `config.mesh`'s shape. Rerunning the same call resumes."""
     from lsi.checkpoints import load_checkpoint  # noqa: PLC0415
     from lsi.training.data import PackedBatches  # noqa: PLC0415
 
@@ -415,5 +422,6 @@ def finetune(config: TrainConfig, checkpoint: str | os.PathLike, task: str, outp
                               "data": dataclasses.asdict(data.stats),
                               "final_metrics": summary.history[-1] if summary.history else None}
     if export:
-        result["hf_directory"] = str(export_hf(model_cfg, state.params, pathlib.Path(output_dir) / "hf", vocabulary))
+        result["hf_directory"] = str(export_hf(model_cfg, state.params, pathlib.Path(output_dir) / "hf", vocabulary,
+                                               stop_ids, config.export_dtype))
     return result

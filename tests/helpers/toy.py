@@ -34,15 +34,17 @@ def save_tiny_checkpoint(directory, seed: int = 0):
     return directory
 
 
-def answering_checkpoint(directory, steps: int = 24, pool_size: int = 32):
+def answering_checkpoint(directory, steps: int = 24, pool_size: int = 32, prompt_style: str = "chat"):
     """A tiny model taught, with our own format and train stages, to end few-shot arithmetic answers with
-    "The answer is N." (the digits are mostly wrong): a stand-in for a pretrained LM in self-improvement smoke runs,
-    where a random model would never give a parseable answer to vote on. Returns the HF directory."""
+    "The answer is N." (the digits are mostly wrong) in `prompt_style` (chat: SmolLM2's template, as 'auto' picks
+    for it): a stand-in for a pretrained LM in self-improvement smoke runs, where a random model would never give a
+    parseable answer to vote on. Returns the HF directory."""
     import json  # noqa: PLC0415
     import pathlib  # noqa: PLC0415
 
     from lsi.self_improve.formats import FormatStageConfig, register_formatted_task, run_format_stage  # noqa: PLC0415
     from lsi.tasks import get_task  # noqa: PLC0415
+    from lsi.tasks.prompt_style import Prompter  # noqa: PLC0415
     from lsi.training.optimizers import OptimizerConfig  # noqa: PLC0415
     from lsi.training.trainer import TrainConfig, finetune  # noqa: PLC0415
 
@@ -54,9 +56,11 @@ def answering_checkpoint(directory, steps: int = 24, pool_size: int = 32):
                "num_samples": 1, "vote_share": 1.0, "vote_share_of_parsed": 1.0, "tie": False,
                "paths": [{"sample_index": 0, "text": f" The answer is {q.answer}."}]} for q in task.load_pool()]
     (directory / "labels.jsonl").write_text("".join(json.dumps(r) + "\n" for r in labels))
+    prompter = Prompter.for_vocabulary(vocab, prompt_style)
     run_format_stage(task, directory / "labels.jsonl", directory / "formats",
-                     FormatStageConfig(formats="few_shot_cot_only", num_shards=1))
+                     FormatStageConfig(formats="few_shot_cot_only", num_shards=1), prompter)
     name = register_formatted_task("lsi_test_answering_model", directory / "formats", vocab)
     config = TrainConfig(steps=steps, batch_size=4, seq_length=384, checkpoint_every=steps, log_every=steps,
                          progress_bar=False, optimizer=OptimizerConfig(name="adamw", learning_rate=1e-2))
-    return pathlib.Path(finetune(config, directory / "random", name, directory / "train", vocab)["hf_directory"])
+    result = finetune(config, directory / "random", name, directory / "train", vocab, stop_ids=prompter.eos_ids)
+    return pathlib.Path(result["hf_directory"])

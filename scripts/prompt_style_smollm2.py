@@ -1,0 +1,91 @@
+"""Plain few-shot text vs SmolLM2-135M-Instruct's own chat turns, on the same eval questions (issue 15's table).
+
+For each task and style: few-shot CoT greedy, zero-shot CoT greedy, one sampled path and self-consistency (m = 8,
+T = 0.7, top-k 40), each with its 95% Wilson interval, and a paired comparison chat - plain per metric (Newcombe
+interval, exact McNemar p). "One sample" is the first sampled path of self-consistency's batch (a paired quantity);
+`one_sample_mean_over_paths` is the accuracy averaged over all 8 paths.
+
+    XLA_FLAGS= python scripts/prompt_style_smollm2.py    # ~40 min on 2 cores; writes as each cell completes
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import time
+
+from lsi import metrics
+from lsi.decoding import TransformerLM
+from lsi.evaluation import EvalConfig, evaluate, load_predictions
+from lsi.io_utils import write_json_atomic
+from lsi.tasks import get_task
+from lsi.tasks.answers import answers_equal
+from lsi.tasks.prompt_style import Prompter
+
+MODEL = "smollm2-135m-instruct"
+# (task, eval questions, new tokens): arithmetic, and StrategyQA (yes/no), where the model is above 20%.
+TASKS = (("arithmetic", 400, 64), ("strategyqa", 200, 96))
+STYLES = ("plain", "chat")
+
+
+def correctness(run_dir: pathlib.Path, answer_type: str) -> dict[str, list[bool]]:
+    """Per-question correctness of each reported metric, in question order."""
+    greedy = load_predictions(run_dir / "cot_greedy" / "predictions.jsonl")
+    sc = load_predictions(run_dir / "self_consistency" / "predictions.jsonl")
+    zero = load_predictions(run_dir / "zero_shot_cot" / "predictions.jsonl")
+
+    def right(answer: str | None, record: dict) -> bool:
+        golds = [g for g in (record["gold"], *record["gold_alternatives"]) if g is not None]
+        return any(answers_equal(answer, g, answer_type) for g in golds)
+
+    return {
+        "few_shot_cot_greedy": [r["correct"] for r in greedy],
+        "zero_shot_cot_greedy": [r["correct"] for r in zero],
+        "one_sample": [right(r["samples"][0]["answer"], r) for r in sc],
+        "self_consistency": [r["correct"] for r in sc],
+        "mean_over_paths": [sum(right(s["answer"], r) for s in r["samples"]) / len(r["samples"]) for r in sc],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--run_dir", default="runs/prompt_style")
+    parser.add_argument("--output", default="benchmarks/results/prompt_style_smollm2.json")
+    args = parser.parse_args()
+    from lsi.checkpoints import load_checkpoint
+    from lsi.vocab import load_vocabulary
+
+    cfg, params = load_checkpoint(MODEL)
+    lm, vocab = TransformerLM(cfg), load_vocabulary(MODEL)
+    results: dict = {"model": MODEL, "command": "XLA_FLAGS= python scripts/prompt_style_smollm2.py",
+                     "settings": {"num_samples": 8, "temperature": 0.7, "top_k": 40}, "tasks": {}}
+    for task_name, n, new_tokens in TASKS:
+        task = get_task(task_name, eval_size=n)
+        examples = task.load_eval()[:n]
+        config = EvalConfig(modes=("cot_greedy", "self_consistency", "zero_shot_cot"), num_samples=8,
+                            temperature=0.7, top_k=40, max_new_tokens=new_tokens, subsample_sizes=(1, 8),
+                            batch_size=16)
+        per_style, seconds = {}, {}
+        for style in STYLES:
+            out = pathlib.Path(args.run_dir) / task_name / style
+            start = time.perf_counter()
+            evaluate(task, lm, params, vocab, cfg.max_length, config, out, examples=examples,
+                     prompter=Prompter.for_vocabulary(vocab, style))
+            seconds[style] = time.perf_counter() - start
+            per_style[style] = correctness(out, task.answer_type)
+        table = {}
+        for metric in ("few_shot_cot_greedy", "zero_shot_cot_greedy", "one_sample", "self_consistency"):
+            paired = metrics.paired_difference(per_style["plain"][metric], per_style["chat"][metric])
+            table[metric] = {"plain": paired.before.as_dict(), "chat": paired.after.as_dict(),
+                             "chat_minus_plain": {k: getattr(paired, k) for k in
+                                                  ("difference", "ci_low", "ci_high", "gained", "lost", "p_value")}}
+        table["one_sample_mean_over_paths"] = {s: sum(per_style[s]["mean_over_paths"]) / len(examples) for s in STYLES}
+        results["tasks"][task_name] = {"n": len(examples), "max_new_tokens": new_tokens, "metrics": table,
+                                       "eval_seconds": seconds}
+        write_json_atomic(args.output, results)
+        print(json.dumps(results["tasks"][task_name], indent=1), flush=True)
+
+
+if __name__ == "__main__":
+    main()
