@@ -456,9 +456,26 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 _SEARCH_PATH_ADDED: list[bool] = []  # gin keeps search paths for the process; add ours once
 
 
+def _find_gin_file(path: str) -> str:
+    """`path` as gin should open it: as given when it exists there, else the lsi checkout's copy. A file in neither is
+    an error naming both places (gin's own error can be a TypeError: it looks a relative path up as a Python package,
+    and fails on namespace packages such as gin_configs when the checkout is on sys.path)."""
+    if "://" in str(path):  # a remote file (gs://...): gin's file readers open it
+        return path
+    given = pathlib.Path(path).expanduser()
+    if given.is_file():
+        return str(given)
+    if not given.is_absolute() and (REPO_ROOT / given).is_file():
+        return str(REPO_ROOT / given)
+    searched = str(given.absolute()) + ("" if given.is_absolute() else f" and {REPO_ROOT / given}")
+    raise FileNotFoundError(f"--gin_file {path}: no such file; searched {searched} (a relative path is tried against "
+                            f"the working directory, then the lsi checkout).")
+
+
 def parse_gin(gin_files: Sequence[str], gin_params: Sequence[str]) -> None:
     """Gin files and bindings, in order. `include 'gin_configs/...'` lines resolve against the working directory
     first, then the lsi checkout, so run files work from anywhere."""
+    gin_files = [_find_gin_file(path) for path in gin_files]
     if not _SEARCH_PATH_ADDED:
         gin.add_config_file_search_path(str(REPO_ROOT))
         _SEARCH_PATH_ADDED.append(True)
@@ -489,18 +506,34 @@ def main(argv: Sequence[str]) -> None:
             {k: v.get("counts") if isinstance(v, dict) else v for k, v in result.items()}, default=str)[:2000])
 
 
-def _define_flags() -> None:
+def _define_flags(flag_values: Any = None) -> None:
+    """Defines the entry point's flags on `flag_values` (absl's global FLAGS unless given; tests pass their own)."""
     from absl import flags  # noqa: PLC0415
 
-    flags.DEFINE_multi_string("gin_file", [], "Gin config files, applied in order.")
-    flags.DEFINE_multi_string("gin_param", [], "Gin bindings, applied after the files.")
-    flags.DEFINE_multi_enum("stage", ["self_improve"], list(STAGES), "Stages to run, in order.")
-    flags.DEFINE_integer("round", 1, "Self-improvement round of the sample/vote/format/train stages (from 1).")
-    flags.DEFINE_string("eval_tag", None, "Sub-folder of run_dir/eval/ (default: base, or round_<r> for trained).")
+    fv = flags.FLAGS if flag_values is None else flag_values
+    flags.DEFINE_multi_string("gin_file", [], "Gin config files, applied in order.", flag_values=fv)
+    flags.DEFINE_multi_string("gin_param", [], "Gin bindings, applied after the files.", flag_values=fv)
+    flags.DEFINE_multi_enum("stage", ["self_improve"], list(STAGES), "Stages to run, in order.", flag_values=fv)
+    flags.DEFINE_integer("round", 1, "Self-improvement round of the sample/vote/format/train stages (from 1).",
+                         flag_values=fv)
+    flags.register_validator("round", _check_round, flag_values=fv)
+    flags.DEFINE_string("eval_tag", None, "Sub-folder of run_dir/eval/ (default: base, or round_<r> for trained).",
+                        flag_values=fv)
     flags.DEFINE_string("jax_cache_dir", os.environ.get("JAX_COMPILATION_CACHE_DIR", "~/.cache/lsi/jax"),
-                        "Persistent XLA compilation cache ('' disables it; default $JAX_COMPILATION_CACHE_DIR if set).")
+                        "Persistent XLA compilation cache ('' disables it; default $JAX_COMPILATION_CACHE_DIR if set).",
+                        flag_values=fv)
     flags.DEFINE_string("eval_model", "base", "Model to evaluate: base, trained (the round's fine-tuned model) "
-                        "or a checkpoint path/name.")
+                        "or a checkpoint path/name.", flag_values=fv)
+
+
+def _check_round(value: int) -> bool:
+    # Checked when flags are parsed: round 0 would otherwise fail later, inside a stage, as "round -1" (its
+    # sampling model is round r-1's).
+    if value < 1:
+        from absl import flags  # noqa: PLC0415
+
+        raise flags.ValidationError(f"--round counts from 1, got {value}.")
+    return True
 
 
 def console_main() -> None:

@@ -27,6 +27,34 @@ def test_every_run_config_parses_and_binds(path):
     assert experiment.run_dir == "/tmp/unused" and experiment.task and experiment.model
 
 
+def test_missing_gin_file_names_where_it_was_searched(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError) as error:
+        parse_gin(["gin_configs/runs/no_such_run.gin"], [])
+    message = str(error.value)
+    assert "--gin_file gin_configs/runs/no_such_run.gin" in message
+    assert str(tmp_path / "gin_configs/runs/no_such_run.gin") in message
+    assert str(REPO / "gin_configs/runs/no_such_run.gin") in message
+    with pytest.raises(FileNotFoundError, match=f"searched {tmp_path / 'absent.gin'} \\("):
+        parse_gin([str(tmp_path / "absent.gin")], [])
+
+
+@pytest.mark.parametrize("value", ["0", "-2"])
+def test_round_below_one_is_a_flag_error(value):
+    from absl import flags
+
+    from lsi.main import _define_flags
+
+    flag_values = flags.FlagValues()
+    _define_flags(flag_values)
+    with pytest.raises(flags.IllegalFlagValueError, match=f"--round counts from 1, got {value}"):
+        flag_values(["lsi.main", f"--round={value}"])
+    ok = flags.FlagValues()
+    _define_flags(ok)
+    ok(["lsi.main", "--round=2", "--stage=vote"])
+    assert ok.round == 2 and ok.stage == ["vote"]
+
+
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory):
     return save_tiny_checkpoint(tmp_path_factory.mktemp("tiny_model"))
@@ -44,6 +72,9 @@ def test_stages_run_in_order_through_the_entry_point(style, tiny_checkpoint, tmp
         "lsi.SampleStageConfig.num_samples = 3",
         "lsi.SampleStageConfig.max_new_tokens = 6",
         "lsi.SampleStageConfig.num_shards = 2",
+        # A random model states no parseable answer, so the vote keeps nothing: allowed here, labels come by hand.
+        "lsi.Experiment.vote = @lsi.VoteStageConfig()",
+        "lsi.VoteStageConfig.allow_empty = True",
         "lsi.Experiment.eval = @lsi.EvalConfig()",
         "lsi.EvalConfig.modes = ('cot_greedy', 'self_consistency')",
         "lsi.EvalConfig.num_samples = 2",
@@ -59,7 +90,8 @@ def test_stages_run_in_order_through_the_entry_point(style, tiny_checkpoint, tmp
     experiment = Experiment()
     manifest = run_stage(experiment, "sample")["arithmetic"]
     assert manifest["counts"]["samples_expected"] == 12 and manifest["config"]["prompt_style"] == style
-    assert run_stage(experiment, "vote")["arithmetic"]["counts"]["questions"] == 4
+    votes = run_stage(experiment, "vote")["arithmetic"]
+    assert votes["counts"]["questions"] == 4 and votes["config"]["allow_empty"]
     # A random model answers nothing parseable, so no pseudo-labels exist: write two by hand to feed the next stages.
     labels = [{"question_id": f"x{i}", "question": f"What is {i} + 1?", "answer": str(i + 1), "vote_count": 2,
                "num_parsed": 2, "num_samples": 3, "vote_share": 2 / 3, "vote_share_of_parsed": 1.0, "tie": False,

@@ -1,6 +1,11 @@
 """Vote and format stages on hand-made sample shards: pseudo labels, the four formats, SeqIO read-back."""
 
+import hashlib
 import json
+import os
+import pathlib
+import subprocess
+import sys
 
 import pytest
 
@@ -15,6 +20,8 @@ from lsi.self_improve.sampling import SampleStageConfig, shard_path
 from lsi.self_improve.voting import VoteStageConfig, read_pseudo_labels, run_vote_stage
 from lsi.tasks.answers import parse_answer
 from tests.helpers.toy import toy_task
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
 
 # Per question: sampled texts. p0 agrees 3/4 on 0; p1 has no parseable answer; p2 ties 1 vs 1 (first seen wins).
 TEXTS = {
@@ -81,6 +88,35 @@ def test_samples_from_another_task_are_an_error(tmp_path):
         run_vote_stage(toy_task(num_pool=3), tmp_path / "samples", tmp_path / "votes")
 
 
+def test_a_vote_that_keeps_nothing_is_an_error_unless_allowed(tmp_path):
+    task = toy_task(num_pool=3)
+    _write_samples(tmp_path / "samples", {"p0": TEXTS["p1"], "p1": TEXTS["p1"], "p2": TEXTS["p1"]})
+    with pytest.raises(ValueError, match=r"samples: the vote kept 0 pseudo-labels of 3 questions voted \(3 had no "
+                                         r"parseable answer.*allow_empty"):
+        run_vote_stage(task, tmp_path / "samples", tmp_path / "votes")
+    assert not (tmp_path / "votes" / "pseudo_labels.jsonl").exists()
+    manifest = run_vote_stage(task, tmp_path / "samples", tmp_path / "votes", VoteStageConfig(allow_empty=True))
+    assert manifest["counts"]["pseudo_labels"] == 0 and manifest["config"]["allow_empty"]
+    assert (tmp_path / "votes" / "pseudo_labels.jsonl").read_text() == ""
+    _write_samples(tmp_path / "answered")  # answers exist, but no vote reaches the threshold
+    with pytest.raises(ValueError, match=r"1 had no parseable answer.*; 2 were below min_vote_share=0\.9"):
+        run_vote_stage(task, tmp_path / "answered", tmp_path / "v2", VoteStageConfig(min_vote_share=0.9))
+
+
+def test_pseudo_label_without_a_field_names_file_line_and_field(voted):
+    tmp_path, _ = voted
+    labels = [json.loads(line) for line in (tmp_path / "votes" / "pseudo_labels.jsonl").read_text().splitlines()]
+    del labels[1]["paths"]
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text("".join(json.dumps(r) + "\n" for r in labels))
+    with pytest.raises(ValueError, match=r"broken\.jsonl:2: pseudo-label without field\(s\) paths"):
+        read_pseudo_labels(broken)
+    labels[1]["paths"] = [{"sample_index": 0}]
+    broken.write_text("".join(json.dumps(r) + "\n" for r in labels))
+    with pytest.raises(ValueError, match=r"broken\.jsonl:2: paths\[0\] without field\(s\) text"):
+        run_format_stage(toy_task(num_pool=3), broken, tmp_path / "formats")
+
+
 def test_four_formats_match_table_2(voted):
     tmp_path, _ = voted
     manifest = run_format_stage(toy_task(num_pool=3), tmp_path / "votes" / "pseudo_labels.jsonl",
@@ -128,3 +164,45 @@ def test_tfrecords_read_back_through_seqio(voted):
     mixture = register_mixture("lsi_test_toy_mixture", {name: tmp_path / "formats"})
     assert seqio.get_mixture_or_task(mixture).get_rate(seqio.get_mixture_or_task(name)) == 16.0
     assert json.loads((tmp_path / "formats" / "manifest.json").read_text())["config"]["num_shards"] == 2
+
+
+def test_fewer_shards_replace_the_old_set(voted):
+    import seqio
+
+    from lsi.vocab import load_vocabulary
+
+    tmp_path, _ = voted
+    task, labels = toy_task(num_pool=3), tmp_path / "votes" / "pseudo_labels.jsonl"
+    run_format_stage(task, labels, tmp_path / "formats", FormatStageConfig(num_shards=3))
+    (tmp_path / "formats" / ".examples-00002-of-00003.tfrecord.tmp").write_bytes(b"a killed write")
+    manifest = run_format_stage(task, labels, tmp_path / "formats", FormatStageConfig(num_shards=2))
+    on_disk = sorted(p.name for p in (tmp_path / "formats").glob("*examples-*"))
+    assert on_disk == sorted(manifest["outputs"]) == ["examples-00000-of-00002.tfrecord",
+                                                      "examples-00001-of-00002.tfrecord"]
+    vocab = load_vocabulary("smollm2-135m-instruct")
+    name = register_formatted_task("lsi_test_toy_reshard", tmp_path / "formats", vocab)
+    dataset = seqio.get_mixture_or_task(name).get_dataset(sequence_length=None, split="train", shuffle=False)
+    assert sum(1 for _ in dataset.as_numpy_iterator()) == manifest["counts"]["examples"] == 16
+
+
+_FORMAT_IN_A_PROCESS = """
+import sys
+from lsi.self_improve.formats import FormatStageConfig, run_format_stage
+from tests.helpers.toy import toy_task
+run_format_stage(toy_task(num_pool=3), sys.argv[1], sys.argv[2], FormatStageConfig(num_shards=2))
+"""
+
+
+def test_shards_are_the_same_bytes_in_every_process(voted):
+    tmp_path, _ = voted
+    digests = []
+    for seed, out in (("1", "a"), ("2", "b")):  # protobuf map order varies between processes unless fixed
+        env = {**os.environ, "PYTHONHASHSEED": seed, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get(
+            "PYTHONPATH", "")]), "TF_CPP_MIN_LOG_LEVEL": "3"}
+        result = subprocess.run([sys.executable, "-c", _FORMAT_IN_A_PROCESS, str(tmp_path / "votes" /
+                                 "pseudo_labels.jsonl"), str(tmp_path / out)], cwd=REPO, env=env,
+                                capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr[-3000:]
+        digests.append({p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+                        for p in sorted((tmp_path / out).glob("examples-*.tfrecord"))})
+    assert len(digests[0]) == 2 and digests[0] == digests[1]

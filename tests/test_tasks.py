@@ -327,6 +327,27 @@ def test_jsonl_errors_name_file_line_and_field(tmp_path):
         get_task("jsonl", eval_path=str(wrong_type)).load_eval()
 
 
+def test_invalid_utf8_names_file_and_line(tmp_path):
+    from lsi.tasks import loading
+
+    # Far more than one read-ahead block before the bad byte, so the line must be found, not guessed.
+    lines = [json.dumps({"question": f"What is {i} + 1?", "answer": str(i + 1)}).encode() + b"\n" for i in range(2000)]
+    lines[1500] = b'{"question": "caf\xe9?", "answer": "1"}\n'  # Latin-1, not UTF-8
+    data = b"".join(lines)
+    (tmp_path / "latin.jsonl").write_bytes(data)
+    with gzip.open(tmp_path / "latin.jsonl.gz", "wb") as f:
+        f.write(data)
+    for name in ("latin.jsonl", "latin.jsonl.gz"):
+        with pytest.raises(ValueError, match=rf"{re.escape(name)}:1501: not valid UTF-8 \(byte 0xe9"):
+            get_task("jsonl", eval_path=str(tmp_path / name)).load_eval()
+    (tmp_path / "rows.csv").write_bytes(b"question,answer\nWhat is 1 + 1?,2\nWhat is \xff?,3\n")
+    with pytest.raises(ValueError, match=r"rows\.csv:3: not valid UTF-8"):
+        list(loading.read_delimited(tmp_path / "rows.csv"))
+    (tmp_path / "array.json").write_bytes(b'[\n{"question": "a"},\n{"question": "\xc3("}\n]\n')
+    with pytest.raises(ValueError, match=r"array\.json:3: not valid UTF-8"):
+        list(loading.read_json_array(tmp_path / "array.json"))
+
+
 def test_missing_data_names_the_path_and_variable(tmp_path):
     with pytest.raises(FileNotFoundError) as error:
         get_task("gsm8k", data_dir=tmp_path).load_pool()

@@ -20,7 +20,7 @@ import pytest
 from lsi.models import Transformer, get_config, init_params
 from lsi.partitioning import make_mesh
 from lsi.training.checkpointing import Checkpointer
-from lsi.training.data import PackedBatches, pack_examples
+from lsi.training.data import PackedBatches, load_seqio_examples, pack_examples
 from lsi.training.optimizers import OptimizerConfig
 from lsi.training.trainer import (
     NonFiniteLossError,
@@ -136,6 +136,21 @@ def test_seqio_task_source(tmp_path):
 
 
 # --- train step: sharding and accumulation ----------------------------------------------------------------------
+
+def test_truncated_seqio_shard_is_an_error_naming_the_file(tmp_path):
+    name, _ = _seqio_task(tmp_path / "formats", name="test_training_truncated_seqio_shard")
+    shard = tmp_path / "formats" / "examples-00000-of-00001.tfrecord"
+    shard.write_bytes(shard.read_bytes()[:-5])  # a copy cut off mid-record
+    with pytest.raises(ValueError, match=r"'test_training_truncated_seqio_shard'.*truncated TFRecord shard\(s\) .*"
+                                         r"examples-00000-of-00001\.tfrecord"):
+        load_seqio_examples(name)
+
+
+@pytest.mark.parametrize("steps", [0, -3])
+def test_config_rejects_non_positive_steps(steps):
+    with pytest.raises(ValueError, match=rf"TrainConfig\.steps must be >= 1, got {steps}"):
+        _config(steps=steps)
+
 
 def _run_steps(mesh, num_microbatches: int = 1, steps: int = 4):
     step_fn, shardings, _ = _compiled_step(CFG, OPT, num_microbatches, mesh, (BATCH, LENGTH))

@@ -38,6 +38,12 @@ def test_numbers_differing_only_in_format_vote_together():
     assert vote_answers(["1,000", "1000.0", "999"], "number").count == 2
 
 
+def test_scientific_notation_votes_with_its_value_not_its_prefix():
+    texts = ["The answer is 1e3.", "The answer is 1,000.", "The answer is 1.", "The answer is 2.5E-2."]
+    vote = vote_answers([parse_answer(t, "number") for t in texts], "number")
+    assert vote.answer == "1000" and vote.agreeing == (0, 1)
+
+
 def test_option_letters_in_different_casing_vote_together():
     answers = [parse_answer(t, "option") for t in ["The answer is (B).", "The answer is b).", "The answer is (c)."]]
     vote = vote_answers(answers, "option")

@@ -70,7 +70,9 @@ def _tf_example(record: dict[str, Any]) -> bytes:
 
     features = {k: text(record[k]) for k in ("inputs", "targets", "question_id", "format")}
     features["sample_index"] = tf.train.Feature(int64_list=tf.train.Int64List(value=[record["sample_index"]]))
-    return tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString()
+    # Map fields (the feature map) serialize in a per-process order unless asked not to: the same examples must give
+    # the same bytes in every process and run, so a rerun's shards and their hashes match.
+    return tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString(deterministic=True)
 
 
 def _write_tfrecord_atomic(path: pathlib.Path, serialized: Sequence[bytes]) -> None:
@@ -83,11 +85,20 @@ def _write_tfrecord_atomic(path: pathlib.Path, serialized: Sequence[bytes]) -> N
     os.replace(tmp, path)
 
 
+def _remove_stale_shards(output_dir: pathlib.Path, keep: set[str]) -> None:
+    """Deletes shards (and temporaries of killed writes) that the new set does not name: a run with another
+    num_shards writes other file names, and training reads every examples-*.tfrecord of the folder."""
+    for path in [*output_dir.glob("examples-*.tfrecord"), *output_dir.glob(".examples-*.tfrecord.tmp")]:
+        if path.name not in keep:
+            path.unlink(missing_ok=True)
+
+
 def run_format_stage(task: Task, pseudo_labels_path: str | os.PathLike, output_dir: str | os.PathLike,
                      config: FormatStageConfig = FormatStageConfig(), prompter: Prompter = Prompter()
                      ) -> dict[str, Any]:
     """Writes the training examples as TFRecord shards (round-robin by example) and a manifest with counts; the
-    examples are written in `prompter`'s style (plain unless given), which the manifest records."""
+    examples are written in `prompter`'s style (plain unless given), which the manifest records. The shards replace
+    the folder's previous ones as a set (none of another num_shards is left) and are the same bytes in every run."""
     start = time.perf_counter()
     output_dir = pathlib.Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -104,6 +115,8 @@ def run_format_stage(task: Task, pseudo_labels_path: str | os.PathLike, output_d
         path = output_dir / SHARD_PATTERN.format(index=index, count=config.num_shards)
         _write_tfrecord_atomic(path, serialized)
         outputs[path.name] = {"sha256": file_sha256(path), "examples": len(serialized)}
+    # The new set is complete before the old one goes, and the manifest, written last, names exactly what is left.
+    _remove_stale_shards(output_dir, set(outputs))
     manifest = {
         "stage": "format",
         "config": {"formats": [f.value for f in formats], "num_shards": config.num_shards, "task": task.name,

@@ -70,6 +70,9 @@ class VoteStageConfig:
     min_vote_share: float = 0.0  # of all m samples; questions below it are dropped (an extension, not the paper)
     dedupe_paths: bool = False  # keep one copy of identical path texts
     max_paths_per_question: int | None = None  # cap kept paths (lowest sample indices first)
+    # A vote that keeps no pseudo-label is an error (nothing to train on, usually a model that never states its
+    # answer in the parsed form); True writes the empty file instead, for runs that expect it.
+    allow_empty: bool = False
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.min_vote_share <= 1.0:
@@ -141,6 +144,8 @@ def run_vote_stage(task: Task, samples_dir: str | os.PathLike, output_dir: str |
             totals["kept_paths"] += len(record["paths"])
             shares.append(record["vote_share"])
             lines.append(json.dumps(record, ensure_ascii=False) + "\n")
+    if not lines and not config.allow_empty:
+        raise ValueError(_no_pseudo_labels_message(samples_dir, totals, config))
     path = write_text_atomic(output_dir / "pseudo_labels.jsonl", "".join(lines))
     totals["mean_vote_share"] = sum(shares) / len(shares) if shares else 0.0
     manifest = {
@@ -158,6 +163,33 @@ def run_vote_stage(task: Task, samples_dir: str | os.PathLike, output_dir: str |
     return manifest
 
 
+def _no_pseudo_labels_message(samples_dir: pathlib.Path, totals: dict[str, int], config: VoteStageConfig) -> str:
+    reasons = [f"{totals['no_parseable_answer']} had no parseable answer in any sample"]
+    if config.min_vote_share > 0:
+        reasons.append(f"{totals['below_min_share']} were below min_vote_share={config.min_vote_share}")
+    return (f"{samples_dir}: the vote kept 0 pseudo-labels of {totals['questions']} questions voted "
+            f"({'; '.join(reasons)}), so there is nothing to train on. Read a few samples: does the model end with "
+            f"'The answer is X'? Lower min_vote_share if it is set, or set VoteStageConfig.allow_empty = True to "
+            f"write the empty pseudo_labels.jsonl anyway.")
+
+
+PSEUDO_LABEL_FIELDS = ("question_id", "question", "answer", "paths")  # what the format stage reads
+PATH_FIELDS = ("sample_index", "text")
+
+
 def read_pseudo_labels(path: str | os.PathLike) -> list[dict]:
-    """pseudo_labels.jsonl records; a malformed line is an error naming the file and line."""
-    return [record for _, record in read_jsonl(path)]
+    """pseudo_labels.jsonl records; a malformed line, or one without a field the format stage reads, is an error
+    naming the file, line and field."""
+    records = []
+    for line, record in read_jsonl(path):
+        missing = [k for k in PSEUDO_LABEL_FIELDS if k not in record]
+        if missing:
+            raise ValueError(f"{path}:{line}: pseudo-label without field(s) {', '.join(missing)}.")
+        if not isinstance(record["paths"], list):
+            raise ValueError(f"{path}:{line}: field 'paths' is a {type(record['paths']).__name__}, not a list.")
+        for index, kept in enumerate(record["paths"]):
+            gaps = [k for k in PATH_FIELDS if not isinstance(kept, dict) or k not in kept]
+            if gaps:
+                raise ValueError(f"{path}:{line}: paths[{index}] without field(s) {', '.join(gaps)}.")
+        records.append(record)
+    return records

@@ -49,8 +49,9 @@ Canonical forms, per type
   and periods ("18 dollars.", "21 yards"), number words zero to ninety-nine ("five", "twenty-one") when they start
   the answer span ("The answer is five." but not "one of the cars"). In an answer span the first number is the
   answer, except that an expression "3 + 4 = 7" gives the number after the last "="; an expression with no "=" and
-  hedges "5 or 6", "5 to 6" give None. Mixed numbers ("2 1/2"), times ("3:30") and scientific notation are not read
-  specially (the first number wins).
+  hedges "5 or 6", "5 to 6" give None. Scientific notation is read as its value ("1e3" -> "1000", "2.5e-2" ->
+  "0.025", "3E+2" -> "300"); a malformed one ("3e5a", "1e3.5") is no number, never its prefix "3". Mixed numbers
+  ("2 1/2") and times ("3:30") are not read specially (the first number wins).
 - option: one lowercase letter among the first `num_options` ("(b)", "B", "b)", "[b]", "option c", "choice (c)",
   "(B) 12 apples"). A lowercase bare "a" counts only when nothing but punctuation follows it, since "The answer is a
   dog" uses the article. The option must start the answer span (after fillers); a later letter is not searched for.
@@ -127,11 +128,13 @@ _NUMBER = re.compile(
     r"(?P<currency>[$€£¥]\s?)?"
     r"(?P<sign2>[-−])?"
     r"(?:(?P<int>\d{1,3}(?:,\d{3})+(?![\d,]\d)|\d+)(?P<frac>\.\d+)?|(?P<frac_only>\.\d+))"
+    r"(?:[eE](?P<exp>[-+−]?\d+)(?!\w|\.\d))?"  # scientific notation: "1e3", "2.5e-2", "3E+2"
     r"(?:/(?P<den>\d+)(?![\d.,/]\d))?"
     r"(?P<percent>\s?%)?"
     r"(?:\s+(?P<scale>thousand|million|billion|trillion)\b)?",
     re.IGNORECASE,
 )
+_EXPONENT_START = re.compile(r"[eE][-+−]?\d")
 _SCALES = {"thousand": 10**3, "million": 10**6, "billion": 10**9, "trillion": 10**12}
 _UNITS = (
     "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
@@ -214,13 +217,23 @@ def format_number(value: fractions.Fraction) -> str:
 
 
 def _number_value(match: re.Match) -> fractions.Fraction:
-    """The exact value of a `_NUMBER` match; ValueError for a run of digits too long to be an answer."""
+    """The exact value of a `_NUMBER` match; ValueError for a run of digits (or an exponent) too long to be an answer
+    and for malformed scientific notation."""
     if sum(c.isdigit() for c in match.group(0)) > _MAX_DIGITS:
         raise ValueError(f"More than {_MAX_DIGITS} digits.")
     if match.group("frac_only"):
         value = fractions.Fraction(match.group("frac_only"))
     else:
         value = fractions.Fraction(match.group("int").replace(",", "") + (match.group("frac") or ""))
+    if match.group("exp"):
+        exponent = int(match.group("exp").replace("−", "-"))
+        if abs(exponent) > _MAX_DIGITS:
+            raise ValueError(f"Exponent {exponent} is beyond {_MAX_DIGITS} digits.")
+        value *= fractions.Fraction(10) ** exponent
+    elif _EXPONENT_START.match(match.string, match.end("frac_only") if match.group("frac_only")
+                               else max(match.end("int"), match.end("frac"))):
+        # "3e5a" is not a number; reading it as 3 would vote for a prefix of what the model wrote.
+        raise ValueError("Malformed scientific notation.")
     if match.group("den"):
         denominator = int(match.group("den"))
         if denominator == 0:

@@ -39,7 +39,8 @@ def load_bigbench(data_dir: str | os.PathLike | None = None) -> list[Example]:
     """BIG-bench's strategyqa task.json: examples[] of {input, target_scores{Yes, No}, target}."""
     path = data_file(BIGBENCH_FILE, data_dir)
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
+        with loading.open_text(path) as f:  # undecodable bytes are an error naming the line
+            raw = json.load(f)
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}:{e.lineno}: invalid JSON ({e.msg}).") from None
     examples = []

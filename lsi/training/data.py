@@ -19,6 +19,7 @@ Batch features (numpy, [batch, length]):
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Any, Iterator, Sequence
 
 import numpy as np
@@ -45,15 +46,43 @@ def load_seqio_examples(name: str, split: str = "train") -> list[tuple[np.ndarra
     rates, the tasks' sizes, mean exactly that).
     """
     import seqio  # noqa: PLC0415
+    import tensorflow as tf  # noqa: PLC0415
 
-    dataset = seqio.get_mixture_or_task(name).get_dataset(sequence_length=None, split=split, shuffle=False,
-                                                          num_epochs=1)
+    provider = seqio.get_mixture_or_task(name)
+    dataset = provider.get_dataset(sequence_length=None, split=split, shuffle=False, num_epochs=1)
     examples = []
-    for ex in dataset.as_numpy_iterator():
-        examples.append((np.asarray(ex["inputs"], np.int32), np.asarray(ex["targets"], np.int32)))
+    try:
+        for ex in dataset.as_numpy_iterator():
+            examples.append((np.asarray(ex["inputs"], np.int32), np.asarray(ex["targets"], np.int32)))
+    except tf.errors.DataLossError as e:
+        raise ValueError(_data_loss_message(provider, name, split, e)) from None
     if not examples:
         raise ValueError(f"SeqIO task/mixture {name!r} split {split!r} has no examples.")
     return examples
+
+
+def _data_loss_message(provider: Any, name: str, split: str, error: Exception) -> str:
+    """Names the corrupt shard(s) of a task or mixture: tf.data's DataLossError names no file, so each TFRecord shard
+    of the split is read on its own (only once reading has failed)."""
+    import seqio  # noqa: PLC0415
+    import tensorflow as tf  # noqa: PLC0415
+
+    shards, bad = {}, []
+    for task in seqio.get_subtasks(provider):
+        if not isinstance(task.source, seqio.TFExampleDataSource):
+            continue
+        shards[task.name] = [str(shard) for shard in task.source.list_shards(split)]
+        for shard in shards[task.name]:
+            try:
+                for _ in tf.data.TFRecordDataset(shard):
+                    pass
+            except tf.errors.DataLossError:
+                bad.append(f"{shard} (task {task.name!r})")
+    reason = re.sub(r"\{\{.*?\}\}\s*|\s*\[Op:.*$", "", error.message, flags=re.DOTALL).strip()
+    where = (f"corrupt or truncated TFRecord shard(s) {', '.join(bad)}" if bad else
+             f"a corrupt or truncated record among {shards}")
+    return (f"SeqIO task/mixture {name!r} split {split!r}: {where} ({reason}). Rerun the stage that wrote them "
+            f"(the format stage for lsi's own tasks).")
 
 
 def _fit(inputs: np.ndarray, targets: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray, bool, bool]:

@@ -60,6 +60,10 @@ class TrainConfig:
     export_dtype: str = "float32"  # weights of the exported HF directory: float32 or bfloat16
 
     def __post_init__(self) -> None:
+        # 0 steps would export the starting model unchanged as "trained": a zero-step control evaluates the base
+        # model instead.
+        if self.steps < 1:
+            raise ValueError(f"TrainConfig.steps must be >= 1, got {self.steps}.")
         if self.batch_size % self.num_microbatches:
             raise ValueError(f"batch_size={self.batch_size} is not a multiple of "
                              f"num_microbatches={self.num_microbatches}.")
