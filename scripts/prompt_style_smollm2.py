@@ -25,7 +25,7 @@ from lsi.tasks.prompt_style import Prompter
 
 MODEL = "smollm2-135m-instruct"
 # (task, eval questions, new tokens): arithmetic, and StrategyQA (yes/no), where the model is above 20%.
-TASKS = (("arithmetic", 400, 64), ("strategyqa", 200, 96))
+TASKS = (("arithmetic", 400, 64), ("strategyqa", 200, 64))
 STYLES = ("plain", "chat")
 
 
@@ -46,6 +46,16 @@ def correctness(run_dir: pathlib.Path, answer_type: str) -> dict[str, list[bool]
         "self_consistency": [r["correct"] for r in sc],
         "mean_over_paths": [sum(right(s["answer"], r) for s in r["samples"]) / len(r["samples"]) for r in sc],
     }
+
+
+def truncated_fractions(run_dir: pathlib.Path) -> dict[str, float]:
+    """Per mode, the share of paths that stopped at max_new_tokens."""
+    fractions = {}
+    for mode in ("cot_greedy", "self_consistency", "zero_shot_cot"):
+        reasons = [s["finish_reason"] for r in load_predictions(run_dir / mode / "predictions.jsonl")
+                   for s in r["samples"]]
+        fractions[mode] = reasons.count("max_length") / len(reasons)
+    return fractions
 
 
 def main() -> None:
@@ -81,6 +91,9 @@ def main() -> None:
                              "chat_minus_plain": {k: getattr(paired, k) for k in
                                                   ("difference", "ci_low", "ci_high", "gained", "lost", "p_value")}}
         table["one_sample_mean_over_paths"] = {s: sum(per_style[s]["mean_over_paths"]) / len(examples) for s in STYLES}
+        # Paths cut at max_new_tokens before an answer sentence or end of turn: a cap artefact, not a wrong answer.
+        table["cut_at_max_new_tokens"] = {s: truncated_fractions(pathlib.Path(args.run_dir) / task_name / s)
+                                          for s in STYLES}
         results["tasks"][task_name] = {"n": len(examples), "max_new_tokens": new_tokens, "metrics": table,
                                        "eval_seconds": seconds}
         write_json_atomic(args.output, results)
