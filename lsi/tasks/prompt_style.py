@@ -29,7 +29,7 @@ from typing import Any
 from lsi.tasks.answers import answer_sentence
 from lsi.tasks.base import ExemplarSet
 from lsi.tasks.prompting import DIRECT_ANSWER_PREFIX, STEP_BY_STEP, PromptFormat, build_prompt, build_target
-from lsi.tasks.prompting import plain_answer_sentence, stop_strings
+from lsi.tasks.prompting import exemplar_answer, stop_strings
 
 PLAIN, CHAT, AUTO = "plain", "chat", "auto"
 STYLES = (AUTO, CHAT, PLAIN)
@@ -64,12 +64,9 @@ def chat_messages(fmt: PromptFormat | str, question: str, exemplars: ExemplarSet
     if fmt.is_few_shot:
         if exemplars is None:
             raise ValueError(f"Format {fmt.value} needs an exemplar set.")
-        for e in exemplars.exemplars:
-            if fmt.is_cot:
-                answer = f"{e.rationale} {plain_answer_sentence(e.answer, exemplars.answer_prefix)}"
-            else:
-                answer = plain_answer_sentence(e.answer, DIRECT_ANSWER_PREFIX)
-            messages += [{"role": "user", "content": e.question}, {"role": "assistant", "content": answer}]
+        for index, e in enumerate(exemplars.exemplars):
+            messages += [{"role": "user", "content": e.question},
+                         {"role": "assistant", "content": exemplar_answer(exemplars, index, fmt.is_cot)}]
     user = question.strip()
     if fmt is PromptFormat.ZERO_SHOT_COT:
         user = f"{user}\n{STEP_BY_STEP}"

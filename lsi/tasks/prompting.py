@@ -46,13 +46,17 @@ def plain_answer_sentence(answer: str, prefix: str = DIRECT_ANSWER_PREFIX) -> st
     return f"{prefix} {answer}" + ("" if answer.endswith(".") else ".")
 
 
-def exemplar_block(exemplars: ExemplarSet, index: int, cot: bool) -> str:
+def exemplar_answer(exemplars: ExemplarSet, index: int, cot: bool) -> str:
+    """What exemplar `index` answers: its reasoning and answer sentence (CoT), or the answer sentence alone."""
     e = exemplars.exemplars[index]
     if cot:
-        body = f"{e.rationale} {plain_answer_sentence(e.answer, exemplars.answer_prefix)}"
-    else:
-        body = plain_answer_sentence(e.answer, DIRECT_ANSWER_PREFIX)
-    return f"{exemplars.question_prefix}{e.question}\nA: {body}\n"
+        return f"{e.rationale} {plain_answer_sentence(e.answer, exemplars.answer_prefix)}"
+    return plain_answer_sentence(e.answer, DIRECT_ANSWER_PREFIX)
+
+
+def exemplar_block(exemplars: ExemplarSet, index: int, cot: bool) -> str:
+    e = exemplars.exemplars[index]
+    return f"{exemplars.question_prefix}{e.question}\nA: {exemplar_answer(exemplars, index, cot)}\n"
 
 
 def question_block(question: str, question_prefix: str = "Q: ") -> str:
