@@ -75,3 +75,16 @@ def test_generate_dev_and_errors():
     tiny = {"min_digits": 1, "max_digits": 1}  # 2 * 11 * 11 problems: the stream exhausts the space
     with pytest.raises(ValueError, match=r"gave only \d+ distinct problems in 10000 draws"):
         get_task("arithmetic", config=tiny, universe_size=1000, eval_size=100).load_eval()
+
+
+def test_evaluation_reads_the_split_it_is_configured_for():
+    from lsi.evaluation import EvalConfig, split_examples
+    from tests.helpers.toy import toy_task
+
+    task = get_task("arithmetic", pool_size=20, dev_size=10, eval_size=30)
+    assert [e.id for e in split_examples(task, "dev")] == [e.id for e in task.load_dev()]
+    assert [e.id for e in split_examples(task, "eval")] == [e.id for e in task.load_eval()]
+    with pytest.raises(ValueError, match="toy_sums has no labelled dev split"):
+        split_examples(toy_task(), "dev")
+    with pytest.raises(ValueError, match="split must be one of"):
+        EvalConfig(split="pool")

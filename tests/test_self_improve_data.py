@@ -82,6 +82,33 @@ def test_vote_options_threshold_dedupe_and_cap(tmp_path):
         VoteStageConfig(min_vote_share=1.5)
 
 
+def _kept(directory):
+    return {r["question_id"]: (r["answer"], [p["sample_index"] for p in r["paths"]])
+            for r in read_pseudo_labels(directory / "pseudo_labels.jsonl")}
+
+
+def test_oracle_controls_keep_right_or_wrong_paths_by_the_hidden_gold(tmp_path):
+    # The toy pool's gold answers: p0 -> 0, p1 -> 3, p2 -> 6 (the samples never see them).
+    _write_samples(tmp_path / "samples")
+    task = toy_task(num_pool=3)
+    run_vote_stage(task, tmp_path / "samples", tmp_path / "oracle", VoteStageConfig(label_source="oracle"))
+    assert _kept(tmp_path / "oracle") == {"p0": ("0", [0, 1, 3]), "p2": ("6", [0])}
+    manifest = run_vote_stage(task, tmp_path / "samples", tmp_path / "anti",
+                              VoteStageConfig(label_source="anti_oracle"))
+    assert _kept(tmp_path / "anti") == {"p0": ("5", [2]), "p2": ("7", [1])}
+    assert manifest["config"]["label_source"] == "anti_oracle"
+    with pytest.raises(ValueError, match="label_source must be one of"):
+        VoteStageConfig(label_source="gold")
+
+
+def test_total_path_cap_takes_paths_round_robin_across_questions(tmp_path):
+    _write_samples(tmp_path / "samples")
+    manifest = run_vote_stage(toy_task(num_pool=3), tmp_path / "samples", tmp_path / "votes",
+                              VoteStageConfig(max_total_paths=3))
+    assert _kept(tmp_path / "votes") == {"p0": ("0", [0, 1]), "p2": ("6", [0])}
+    assert manifest["counts"]["kept_paths"] == 3 and manifest["counts"]["capped_paths"] == 1
+
+
 def test_samples_from_another_task_are_an_error(tmp_path):
     _write_samples(tmp_path / "samples", {"zz": TEXTS["p0"], "p1": TEXTS["p1"], "p2": TEXTS["p2"]})
     with pytest.raises(ValueError, match="question 'zz', which is not in the pool"):
@@ -135,6 +162,8 @@ def test_format_ablation_presets(voted):
         "examples_per_format"] == {"few_shot_direct": 4, "zero_shot_direct": 4}
     assert run_format_stage(task, labels, tmp_path / "f2", FormatStageConfig("few_shot_cot_only", 1))["counts"][
         "examples"] == 4
+    assert run_format_stage(task, labels, tmp_path / "f3", FormatStageConfig("zero_shot", 1))["counts"][
+        "examples_per_format"] == {"zero_shot_cot": 4, "zero_shot_direct": 4}
     with pytest.raises(ValueError, match="Unknown format preset"):
         FormatStageConfig("everything").resolved_formats()
 

@@ -26,7 +26,13 @@ FORMAT_PRESETS: dict[str, tuple[PromptFormat, ...]] = {
     "all": tuple(PromptFormat),  # the full method ("LMSI w/ CoT formats")
     "cot_free": (PromptFormat.FEW_SHOT_DIRECT, PromptFormat.ZERO_SHOT_DIRECT),  # "LMSI w/o CoT formats"
     "few_shot_cot_only": (PromptFormat.FEW_SHOT_COT,),  # "LMSI only few-shot CoT"
+    "cot_only": (PromptFormat.FEW_SHOT_COT, PromptFormat.ZERO_SHOT_COT),  # the CoT half of the mixture
+    # The formats that teach the model to reason without exemplars ("so that the model will learn to think on its
+    # own"); a few-shot example costs ~8x the tokens of a zero-shot one, so a fixed token budget sees ~8x more.
+    "zero_shot": (PromptFormat.ZERO_SHOT_COT, PromptFormat.ZERO_SHOT_DIRECT),
+    "zero_shot_cot_only": (PromptFormat.ZERO_SHOT_COT,),
 }
+TABLE5_PRESETS = ("all", "cot_free", "few_shot_cot_only")  # the paper's Table 5 rows; the rest are ours
 SHARD_PATTERN = "examples-{index:05d}-of-{count:05d}.tfrecord"
 
 

@@ -63,6 +63,9 @@ def vote_answers(answers: Sequence[str | None], answer_type: str) -> Vote:
     return Vote(representative, best, num_parsed, len(answers), len(tied) > 1, tuple(members))
 
 
+LABEL_SOURCES = ("vote", "oracle", "anti_oracle")
+
+
 @dataclasses.dataclass(frozen=True)
 class VoteStageConfig:
     """Paper defaults: no confidence threshold, no de-duplication, every agreeing path kept."""
@@ -73,20 +76,44 @@ class VoteStageConfig:
     # A vote that keeps no pseudo-label is an error (nothing to train on, usually a model that never states its
     # answer in the parsed form); True writes the empty file instead, for runs that expect it.
     allow_empty: bool = False
+    # Controls that read the pool's hidden gold answers (never a self-improvement run): 'oracle' keeps only the paths
+    # that reach the gold answer (what this sampling budget could teach at best), 'anti_oracle' only wrong paths
+    # (the majority among wrong answers; training on them must hurt). 'vote' is the method.
+    label_source: str = "vote"
+    # Cap on kept paths over all questions, taken round-robin across questions (each question's first path, then
+    # its second, ...), so a control can train on as many paths as the vote kept.
+    max_total_paths: int | None = None
 
     def __post_init__(self) -> None:
+        if self.label_source not in LABEL_SOURCES:
+            raise ValueError(f"label_source must be one of {LABEL_SOURCES}, got {self.label_source!r}.")
+        if self.max_total_paths is not None and self.max_total_paths < 1:
+            raise ValueError(f"max_total_paths must be >= 1 or None, got {self.max_total_paths}.")
         if not 0.0 <= self.min_vote_share <= 1.0:
             raise ValueError(f"min_vote_share must be in [0, 1], got {self.min_vote_share}.")
         if self.max_paths_per_question is not None and self.max_paths_per_question < 1:
             raise ValueError(f"max_paths_per_question must be >= 1 or None, got {self.max_paths_per_question}.")
 
 
+def eligible_answers(answers: Sequence[str | None], answer_type: str, label_source: str, gold: str | None
+                     ) -> list[str | None]:
+    """The answers that may vote under `label_source`: all of them for the method; for the controls only those that
+    match the gold answer (oracle) or only those that do not (anti-oracle), the others counted as unparsed."""
+    if label_source == "vote":
+        return list(answers)
+    if gold is None:
+        raise ValueError(f"label_source={label_source!r} needs the pool's gold answers, and a question has none.")
+    keep_right = label_source == "oracle"
+    return [a if a is not None and answers_equal(a, gold, answer_type) == keep_right else None for a in answers]
+
+
 def pseudo_label(question_id: str, question: str, samples: Sequence[dict], answer_type: str,
-                 config: VoteStageConfig) -> tuple[dict | None, dict[str, int]]:
+                 config: VoteStageConfig, gold: str | None = None) -> tuple[dict | None, dict[str, int]]:
     """The pseudo-label record of one question from its sample records (sorted by sample index), or None when it
-    yields no training data; plus counters for the manifest."""
+    yields no training data; plus counters for the manifest. `gold` is read only by the oracle controls."""
     counts = {"no_parseable_answer": 0, "tie": 0, "below_min_share": 0, "deduped_paths": 0, "capped_paths": 0}
-    vote = vote_answers([s["answer"] for s in samples], answer_type)
+    vote = vote_answers(eligible_answers([s["answer"] for s in samples], answer_type, config.label_source, gold),
+                        answer_type)
     if vote.answer is None:
         counts["no_parseable_answer"] = 1
         return None, counts
@@ -133,17 +160,23 @@ def run_vote_stage(task: Task, samples_dir: str | os.PathLike, output_dir: str |
         by_question[record["question_id"]].append(record)
     totals = {"questions": len(pool), "no_parseable_answer": 0, "tie": 0, "below_min_share": 0, "deduped_paths": 0,
               "capped_paths": 0, "pseudo_labels": 0, "kept_paths": 0}
-    lines, shares = [], []
+    golds = _pool_golds(task) if config.label_source != "vote" else {}
+    records = []
     for question in pool:
         samples = sorted(by_question[question.id], key=lambda s: s["sample_index"])
-        record, counts = pseudo_label(question.id, question.question, samples, task.answer_type, config)
+        record, counts = pseudo_label(question.id, question.question, samples, task.answer_type, config,
+                                      golds.get(question.id))
         for key, value in counts.items():
             totals[key] += value
         if record is not None:
-            totals["pseudo_labels"] += 1
-            totals["kept_paths"] += len(record["paths"])
-            shares.append(record["vote_share"])
-            lines.append(json.dumps(record, ensure_ascii=False) + "\n")
+            records.append(record)
+    if config.max_total_paths is not None:
+        totals["capped_paths"] += cap_total_paths(records, config.max_total_paths)
+    records = [r for r in records if r["paths"]]
+    totals["pseudo_labels"] = len(records)
+    totals["kept_paths"] = sum(len(r["paths"]) for r in records)
+    shares = [r["vote_share"] for r in records]
+    lines = [json.dumps(record, ensure_ascii=False) + "\n" for record in records]
     if not lines and not config.allow_empty:
         raise ValueError(_no_pseudo_labels_message(samples_dir, totals, config))
     path = write_text_atomic(output_dir / "pseudo_labels.jsonl", "".join(lines))
@@ -161,6 +194,28 @@ def run_vote_stage(task: Task, samples_dir: str | os.PathLike, output_dir: str |
     }
     write_json_atomic(output_dir / "manifest.json", manifest)
     return manifest
+
+
+def _pool_golds(task: Task) -> dict[str, str | None]:
+    return {example.id: example.answer for example in task.load_pool()}
+
+
+def cap_total_paths(records: Sequence[dict], cap: int) -> int:
+    """Keeps at most `cap` paths over all records, round-robin across questions (each record's first path, then its
+    second, ...), in place; returns how many were dropped."""
+    quota = [0] * len(records)
+    taken, depth = 0, 0
+    while taken < cap and any(len(r["paths"]) > depth for r in records):
+        for index, record in enumerate(records):
+            if taken < cap and len(record["paths"]) > depth:
+                quota[index] += 1
+                taken += 1
+        depth += 1
+    dropped = 0
+    for record, keep in zip(records, quota):
+        dropped += len(record["paths"]) - keep
+        record["paths"] = record["paths"][:keep]
+    return dropped
 
 
 def _no_pseudo_labels_message(samples_dir: pathlib.Path, totals: dict[str, int], config: VoteStageConfig) -> str:

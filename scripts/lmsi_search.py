@@ -1,0 +1,161 @@
+"""Issue 16's search, on the dev split only: which LMSI recipe moves SmolLM2-135M-Instruct on arithmetic, with
+controls that tell a model limit from a pipeline fault.
+
+Every arm is the quickstart (gin_configs/runs/quickstart.gin) with a few gin bindings changed. All arms train on the
+same sampled pool (one sample stage, copied into each arm's run_dir), so arms differ only in what they change. Each
+trained model is evaluated on the 200 dev questions (few-shot CoT greedy and zero-shot CoT greedy) and compared with
+the base model on the same questions (Newcombe interval, exact McNemar p). Controls:
+- no_op: one step at learning rate 0; the whole train -> export -> reload -> eval path must give the base model's
+  predictions exactly;
+- oracle: the paths whose answer matches the pool's hidden gold (the most this sampling budget can teach);
+- anti_oracle: wrong paths only, as many as the vote kept (must hurt).
+The screen (`--stage=screen` on the dev split) runs last; its results are copied in under "screen".
+
+    XLA_FLAGS= python scripts/lmsi_search.py --arms base,no_op,paper,zero_shot   # ~8 min an arm on 2 cores
+
+Arms run as separate `lsi.main` processes and keep complete stages, so a rerun resumes; the JSON is rewritten after
+each arm.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import shutil
+import subprocess
+import sys
+import time
+from typing import Any
+
+from lsi import metrics
+from lsi.evaluation import load_predictions
+from lsi.io_utils import write_json_atomic
+
+BASE_GIN = "gin_configs/runs/quickstart.gin"
+TASK = "arithmetic"
+DEV_EVAL = ("lsi.EvalConfig.split = 'dev'", "lsi.EvalConfig.modes = ('cot_greedy', 'zero_shot_cot')")
+STEPS_12 = ("lsi.TrainConfig.steps = 12", "lsi.OptimizerConfig.total_steps = 12")
+
+# Each arm: (what it tests, gin bindings on top of the quickstart's). The quickstart itself is "paper".
+ARMS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "paper": ("the paper's four formats, 12 AdamW steps at 1e-4 (today's quickstart)", ()),
+    "no_op": ("control: one step at learning rate 0 (must equal the base model)",
+              ("lsi.TrainConfig.steps = 1", "lsi.OptimizerConfig.total_steps = 1",
+               "lsi.OptimizerConfig.learning_rate = 0.0")),
+    "cot_only": ("few-shot and zero-shot CoT formats only", ("lsi.FormatStageConfig.formats = 'cot_only'",)),
+    "zero_shot": ("zero-shot CoT and zero-shot direct formats only", ("lsi.FormatStageConfig.formats = 'zero_shot'",)),
+    "zero_shot_cot": ("zero-shot CoT format only", ("lsi.FormatStageConfig.formats = 'zero_shot_cot_only'",)),
+    "paper_share50": ("four formats, questions with vote share >= 0.5", ("lsi.VoteStageConfig.min_vote_share = 0.5",)),
+    "zero_shot_share50": ("zero-shot formats, vote share >= 0.5",
+                          ("lsi.FormatStageConfig.formats = 'zero_shot'", "lsi.VoteStageConfig.min_vote_share = 0.5")),
+    "zero_shot_24steps": ("zero-shot formats, 24 steps",
+                          ("lsi.FormatStageConfig.formats = 'zero_shot'", "lsi.TrainConfig.steps = 24",
+                           "lsi.OptimizerConfig.total_steps = 24")),
+    "zero_shot_adafactor": ("zero-shot formats, Adafactor at 1e-3",
+                            ("lsi.FormatStageConfig.formats = 'zero_shot'", "lsi.OptimizerConfig.name = 'adafactor'",
+                             "lsi.OptimizerConfig.learning_rate = 1e-3")),
+    "zero_shot_lr3e-4": ("zero-shot formats, AdamW at 3e-4",
+                         ("lsi.FormatStageConfig.formats = 'zero_shot'", "lsi.OptimizerConfig.learning_rate = 3e-4")),
+    "oracle": ("control: paths matching the hidden gold, four formats", ("lsi.VoteStageConfig.label_source = 'oracle'",)),
+    "anti_oracle": ("control: wrong paths only, as many as the vote kept, four formats",
+                    ("lsi.VoteStageConfig.label_source = 'anti_oracle'",)),
+    "oracle_zero_shot": ("control: gold-matching paths, zero-shot formats",
+                         ("lsi.VoteStageConfig.label_source = 'oracle'", "lsi.FormatStageConfig.formats = 'zero_shot'")),
+    "anti_oracle_zero_shot": ("control: wrong paths only, as many as the vote kept, zero-shot formats",
+                              ("lsi.VoteStageConfig.label_source = 'anti_oracle'",
+                               "lsi.FormatStageConfig.formats = 'zero_shot'")),
+}
+METRICS = {"few_shot_cot_greedy": "cot_greedy", "zero_shot_cot_greedy": "zero_shot_cot"}
+
+
+def run_lsi(run_dir: pathlib.Path, stages: list[str], bindings: tuple[str, ...], extra: tuple[str, ...] = ()) -> None:
+    command = [sys.executable, "-m", "lsi.main", f"--gin_file={BASE_GIN}",
+               f"--gin_param=lsi.Experiment.run_dir = '{run_dir}'", *(f"--gin_param={b}" for b in bindings),
+               *(f"--stage={s}" for s in stages), *extra]
+    print("$", " ".join(command), flush=True)
+    subprocess.run(command, check=True)
+
+
+def samples_dir(run_dir: pathlib.Path) -> pathlib.Path:
+    return run_dir / "round_1" / TASK / "samples"
+
+
+def dev_correct(eval_dir: pathlib.Path) -> dict[str, list[bool]]:
+    return {name: [r["correct"] for r in load_predictions(eval_dir / TASK / mode / "predictions.jsonl")]
+            for name, mode in METRICS.items()}
+
+
+def compare(base: dict[str, list[bool]], arm: dict[str, list[bool]]) -> dict[str, Any]:
+    rows = {}
+    for name in METRICS:
+        d = metrics.paired_difference(base[name], arm[name])
+        rows[name] = {"before": d.before.as_dict(), "after": d.after.as_dict(), "difference": d.difference,
+                      "ci_low": d.ci_low, "ci_high": d.ci_high, "gained": d.gained, "lost": d.lost,
+                      "mcnemar_p": d.p_value}
+    return rows
+
+
+def vote_summary(run_dir: pathlib.Path) -> dict[str, Any]:
+    """The vote's counts and how many kept labels and paths are right (scored against the pool's gold)."""
+    from lsi.self_improve.sampling import read_samples  # noqa: PLC0415
+    from lsi.tasks import get_task  # noqa: PLC0415
+    from lsi.tasks.answers import answers_equal  # noqa: PLC0415
+
+    votes = run_dir / "round_1" / TASK / "votes"
+    counts = json.loads((votes / "manifest.json").read_text())["counts"]
+    gold = {e.id: e.answer for e in get_task(TASK, pool_size=160, eval_size=400).load_pool()}
+    samples = {(r["question_id"], r["sample_index"]): r["answer"] for r in read_samples(samples_dir(run_dir))}
+    labels = [json.loads(line) for line in (votes / "pseudo_labels.jsonl").open()]
+    right_labels = sum(answers_equal(r["answer"], gold[r["question_id"]], "number") for r in labels)
+    right_paths = sum(answers_equal(samples[(r["question_id"], p["sample_index"])], gold[r["question_id"]], "number")
+                      for r in labels for p in r["paths"])
+    return {**counts, "label_precision": right_labels / len(labels) if labels else None,
+            "kept_paths_right": right_paths / counts["kept_paths"] if counts["kept_paths"] else None}
+
+
+def run_arm(work: pathlib.Path, name: str) -> dict[str, Any]:
+    description, bindings = ARMS[name]
+    run_dir = work / "arms" / name
+    if not samples_dir(run_dir).exists():
+        shutil.copytree(samples_dir(work / "pool"), samples_dir(run_dir))
+    if name.startswith("anti_oracle"):
+        cap = json.loads((work / "arms" / "paper" / "round_1" / TASK / "votes" / "manifest.json").read_text())
+        bindings = (*bindings, f"lsi.VoteStageConfig.max_total_paths = {cap['counts']['kept_paths']}")
+    start = time.perf_counter()
+    run_lsi(run_dir, ["vote", "format", "train"], bindings)
+    run_lsi(run_dir, ["eval"], (*bindings, *DEV_EVAL), ("--eval_model=trained", "--eval_tag=dev"))
+    train = json.loads((run_dir / "round_1" / "train" / "manifest.json").read_text())
+    return {"description": description, "gin": list(bindings), "vote": vote_summary(run_dir),
+            "train": {"steps": train["counts"]["steps"], "final_metrics": train.get("final_metrics")},
+            "wall_s": time.perf_counter() - start}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--arms", default="no_op,paper,zero_shot,cot_only,paper_share50,oracle,anti_oracle")
+    parser.add_argument("--work_dir", default="runs/lmsi_search")
+    parser.add_argument("--output", default="benchmarks/results/lmsi_search.json")
+    parser.add_argument("--screen", action="store_true", help="run the screen stage after the arms")
+    args = parser.parse_args()
+    work, output = pathlib.Path(args.work_dir), pathlib.Path(args.output)
+    results = json.loads(output.read_text()) if output.exists() else {}
+    results.update({"split": "dev", "task": TASK, "base_gin": BASE_GIN, "arms": results.get("arms", {})})
+    run_lsi(work / "pool", ["sample"], ())
+    run_lsi(work / "base", ["eval"], DEV_EVAL, ("--eval_model=base", "--eval_tag=dev"))
+    base = dev_correct(work / "base" / "eval" / "dev")
+    results["base"] = {name: metrics.accuracy(values).as_dict() for name, values in base.items()}
+    for name in [a for a in args.arms.split(",") if a]:
+        arm = run_arm(work, name)
+        arm["dev"] = compare(base, dev_correct(work / "arms" / name / "eval" / "dev"))
+        results["arms"][name] = arm
+        write_json_atomic(output, results)
+        print(json.dumps({name: {k: round(v["difference"], 4) for k, v in arm["dev"].items()}}), flush=True)
+    if args.screen:
+        run_lsi(work / "screen", ["screen"], ())
+        results["screen"] = json.loads((work / "screen" / "screen" / "results.json").read_text())
+    write_json_atomic(output, results)
+
+
+if __name__ == "__main__":
+    main()
