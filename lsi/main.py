@@ -40,7 +40,7 @@ import jax
 
 from lsi import partitioning
 from lsi.decoding import TransformerLM
-from lsi.evaluation import EvalConfig, evaluate, format_summary
+from lsi.evaluation import EvalConfig, evaluate, format_summary, split_examples
 from lsi.io_utils import write_json_atomic, write_text_atomic
 from lsi.partitioning import MeshConfig
 from lsi.screen import ScreenConfig
@@ -54,6 +54,17 @@ from lsi.self_improve.question_gen import (
 )
 from lsi.self_improve.sampling import SampleStageConfig, run_sample_stage
 from lsi.self_improve.voting import VoteStageConfig, run_vote_stage
+from lsi.stage_lineage import (
+    Restart,
+    eval_lineage,
+    format_lineage,
+    generation_lineage,
+    guarded,
+    sample_lineage,
+    seal,
+    train_lineage,
+    vote_lineage,
+)
 from lsi.tasks.prompt_style import STYLES, Prompter
 from lsi.training.optimizers import OptimizerConfig
 from lsi.training.trainer import TrainConfig
@@ -116,6 +127,7 @@ class Experiment:
         if self.prompt_style not in STYLES:
             raise ValueError(f"prompt_style must be one of {STYLES}, got {self.prompt_style!r}.")
         self._tasks: dict[tuple[str, str], Any] = {}  # (name, "base" or "generated") -> task
+        self.restart = Restart()  # --restart_stage; set by main(), not by gin
         self._loaded: tuple[str, tuple[Any, Any, Any, Any]] | None = None
 
     @property
@@ -215,58 +227,92 @@ def resolve_eval_model(experiment: Experiment, eval_model: str, round_index: int
     return eval_model
 
 
+def _is_writer() -> bool:
+    return jax.process_index() == 0
+
+
+def _guarded(experiment: Experiment, directory: pathlib.Path, lineage: Any) -> Any:
+    """The stage guard (lock, lineage claim) of `directory`; process 0 claims, the others wait for it."""
+    return guarded(directory, lineage, experiment.restart, writer=_is_writer(),
+                   wait_for_all_processes=lambda: _wait_for_all_processes(f"claim {directory}"))
+
+
 def run_eval(experiment: Experiment, tag: str, checkpoint: str, config: EvalConfig | None = None
              ) -> dict[str, Any]:
     """Evaluates `checkpoint` on every eval task into eval/<tag>/<task>/; returns {task: metrics}."""
-    lm, params, vocab, mesh = experiment.loaded_model(checkpoint)
+    config = config or experiment.eval
     prompter = experiment.prompter(checkpoint)
     results = {}
     for name in experiment.evaluation_tasks:
         task = experiment.task_obj(name)
-        results[task.name] = evaluate(task, lm, params, vocab, lm.config.max_length, config or experiment.eval,
-                                      experiment.path / "eval" / tag / task.name, mesh=mesh, prompter=prompter)
+        directory = experiment.path / "eval" / tag / task.name
+        examples = split_examples(task, config.split)
+        with _guarded(experiment, directory, eval_lineage(task, checkpoint, prompter, config, examples)):
+            lm, params, vocab, mesh = experiment.loaded_model(checkpoint)
+            results[task.name] = evaluate(task, lm, params, vocab, lm.config.max_length, config, directory,
+                                          mesh=mesh, examples=examples, prompter=prompter)
+            if _is_writer():
+                seal(directory, ["metrics.json", *(f"{m}/predictions.jsonl" for m in results[task.name]["modes"])])
         print(f"[{tag}] {format_summary(results[task.name])}", flush=True)
+    return results
+
+
+def run_sample(experiment: Experiment, round_index: int) -> dict[str, Any]:
+    model = experiment.sampling_model(round_index)
+    prompter = experiment.prompter(model)
+    results = {}
+    for name in experiment.training_tasks:
+        task, directory = experiment.task_obj(name), experiment.stage_dir(round_index, name, "samples")
+        with _guarded(experiment, directory, sample_lineage(task, model, prompter, experiment.sample)):
+            lm, params, vocab, mesh = experiment.loaded_model(model)
+            results[name] = run_sample_stage(
+                task, lm, params, vocab, lm.config.max_length, experiment.sample, directory, mesh=mesh,
+                model_id=model, prompter=prompter, process_index=jax.process_index(),
+                process_count=jax.process_count(), wait_for_all_processes=lambda: _wait_for_all_processes("sample"))
+            if _is_writer():
+                results[name] = seal(directory)
+    return results
+
+
+def run_vote(experiment: Experiment, round_index: int) -> dict[str, Any]:
+    results = {}
+    for name in experiment.training_tasks:
+        task = experiment.task_obj(name)
+        samples, directory = (experiment.stage_dir(round_index, name, s) for s in ("samples", "votes"))
+        with _guarded(experiment, directory, vote_lineage(task, samples, experiment.vote)):
+            if _is_writer():
+                run_vote_stage(task, samples, directory, experiment.vote)
+                results[name] = seal(directory)
+    return results
+
+
+def run_format(experiment: Experiment, round_index: int) -> dict[str, Any]:
+    # Written for the model that trains on them, in its own style.
+    prompter = experiment.prompter(experiment.starting_model(round_index))
+    results = {}
+    for name in experiment.training_tasks:
+        task = experiment.task_obj(name)
+        votes, directory = (experiment.stage_dir(round_index, name, s) for s in ("votes", "formats"))
+        with _guarded(experiment, directory, format_lineage(task, votes, prompter, experiment.format)):
+            if _is_writer():
+                run_format_stage(task, votes / "pseudo_labels.jsonl", directory, experiment.format, prompter)
+                results[name] = seal(directory)
     return results
 
 
 def run_stage(experiment: Experiment, stage: str, eval_tag: str | None = None, eval_model: str = "base",
               round_index: int = 1) -> dict[str, Any]:
     """Runs one stage and returns its manifest or metrics (keyed by task where a stage covers several)."""
-    if stage == "screen":
-        return run_screen_stage(experiment)
-    if stage == "questions":
-        return run_questions(experiment)
-    if stage == "exemplars":
-        return run_exemplars(experiment)
-    if stage == "sample":
-        model = experiment.sampling_model(round_index)
-        lm, params, vocab, mesh = experiment.loaded_model(model)
-        return {name: run_sample_stage(experiment.task_obj(name), lm, params, vocab, lm.config.max_length,
-                                       experiment.sample, experiment.stage_dir(round_index, name, "samples"),
-                                       mesh=mesh, model_id=model, prompter=experiment.prompter(model),
-                                       process_index=jax.process_index(), process_count=jax.process_count(),
-                                       wait_for_all_processes=lambda: _wait_for_all_processes("sample"))
-                for name in experiment.training_tasks}
-    if stage == "vote":
-        return {name: run_vote_stage(experiment.task_obj(name), experiment.stage_dir(round_index, name, "samples"),
-                                     experiment.stage_dir(round_index, name, "votes"), experiment.vote)
-                for name in experiment.training_tasks}
-    if stage == "format":
-        # Written for the model that trains on them, in its own style.
-        prompter = experiment.prompter(experiment.starting_model(round_index))
-        return {name: run_format_stage(experiment.task_obj(name),
-                                       experiment.stage_dir(round_index, name, "votes") / "pseudo_labels.jsonl",
-                                       experiment.stage_dir(round_index, name, "formats"), experiment.format,
-                                       prompter)
-                for name in experiment.training_tasks}
-    if stage == "train":
-        return run_train(experiment, round_index)
+    runners = {"screen": run_screen_stage, "questions": run_questions, "exemplars": run_exemplars,
+               "self_improve": self_improve, "sample": lambda e: run_sample(e, round_index),
+               "vote": lambda e: run_vote(e, round_index), "format": lambda e: run_format(e, round_index),
+               "train": lambda e: run_train(e, round_index)}
+    if stage in runners:
+        return runners[stage](experiment)
     if stage == "eval":
         checkpoint = resolve_eval_model(experiment, eval_model, round_index)
         tag = eval_tag or ("base" if eval_model == "base" else f"round_{round_index}")
         return run_eval(experiment, tag, checkpoint)
-    if stage == "self_improve":
-        return self_improve(experiment)
     if stage == "report":
         from lsi.report import write_report  # noqa: PLC0415
 
@@ -274,47 +320,62 @@ def run_stage(experiment: Experiment, stage: str, eval_tag: str | None = None, e
     raise ValueError(f"Unknown stage {stage!r}; known: {', '.join(STAGES)}.")
 
 
-def _finished_manifest(directory: pathlib.Path, config: Any, prompter: Prompter) -> dict[str, Any] | None:
-    """The manifest of a generation stage that already completed with this config and prompt style, else None."""
-    path = directory / "manifest.json"
-    if not path.exists():
+def _kept_manifest(directory: pathlib.Path, state: str, complete: bool) -> dict[str, Any] | None:
+    """The manifest of a generation stage that already completed with this lineage, else None."""
+    if state != "same" or not complete or not (directory / "manifest.json").exists():
         return None
-    manifest = json.loads(path.read_text())
-    style = prompter.describe()
-    if (manifest.get("config") != json.loads(json.dumps(dataclasses.asdict(config)))
-            or any(manifest.get(k) != v for k, v in style.items())):
-        log.warning("%s was written with another config or prompt style; generating again.", path)
-        return None
-    print(f"[{manifest['stage']}] complete in {directory}; kept.", flush=True)
+    manifest = json.loads((directory / "manifest.json").read_text())
+    print(f"[{manifest.get('stage', directory.name)}] complete in {directory}; kept.", flush=True)
     return manifest
 
 
 def run_screen_stage(experiment: Experiment) -> dict[str, Any]:
     """The base model on the dev split of every screened task, for every prompt style and temperature of the grid,
-    into run_dir/screen/ (results.json, sc_minus_greedy.png); prints the cells, best first."""
+    into run_dir/screen/ (results.json, sc_minus_greedy.png); prints the cells, best first. Each cell is guarded
+    like an eval folder, so a grid that grows keeps the cells it already has."""
     from lsi.screen import evaluate_cell, format_screen, run_screen  # noqa: PLC0415
 
     config = experiment.screen
-    lm, params, vocab, mesh = experiment.loaded_model(experiment.model)
+    vocab = experiment.vocabulary(experiment.model)
     prompters = {style: Prompter.for_vocabulary(vocab, style, source=experiment.model) for style in config.styles}
     tasks = [experiment.task_obj(name) for name in (config.tasks or (experiment.task,))]
-    sample_cell = evaluate_cell(lm, params, vocab, lm.config.max_length, config, mesh, prompters.__getitem__)
+
+    def sample_cell(task: Any, style: str, temperature: float, examples: list, directory: pathlib.Path) -> Any:
+        cell_config = config.eval_config(temperature)
+        lineage = eval_lineage(task, experiment.model, prompters[style], cell_config, examples)
+        with _guarded(experiment, directory, dataclasses.replace(lineage, stage="screen")):
+            lm, params, _, mesh = experiment.loaded_model(experiment.model)
+            result = evaluate_cell(lm, params, vocab, lm.config.max_length, config, mesh, prompters.__getitem__)(
+                task, style, temperature, examples, directory)
+            if _is_writer():
+                seal(directory, ["metrics.json", *(f"{m}/predictions.jsonl" for m in result["modes"])])
+        return result
+
     results = run_screen(tasks, config, experiment.path / "screen", sample_cell)
     print(format_screen(results), flush=True)
     return results
+
+
+def _generation_guard(experiment: Experiment, stage: str, seed_task: Any, config: Any) -> Any:
+    questions = {seed_task.name: seed_task.load_pool()}
+    style = experiment.prompter(experiment.model).describe()
+    lineage = generation_lineage(stage, [seed_task], experiment.model, config, style, questions)
+    return _guarded(experiment, experiment.path / stage, lineage)
 
 
 def run_questions(experiment: Experiment) -> dict[str, Any]:
     """Self-generated questions (Table 6) by the base model into run_dir/questions/generated_pool.jsonl."""
     directory = experiment.path / "questions"
     prompter = experiment.prompter(experiment.model)
-    done = _finished_manifest(directory, experiment.questions, prompter)
-    if done is not None and (directory / "generated_pool.jsonl").exists():
-        return done
-    lm, params, vocab, mesh = experiment.loaded_model(experiment.model)
     seed_task = experiment.task_obj(experiment.question_task or experiment.task)
-    manifest = generate_questions(seed_task, lm, params, vocab, lm.config.max_length, experiment.questions,
-                                  directory, mesh=mesh, prompter=prompter)
+    with _generation_guard(experiment, "questions", seed_task, experiment.questions) as state:
+        done = _kept_manifest(directory, state, (directory / "generated_pool.jsonl").exists())
+        if done is not None:
+            return done
+        lm, params, vocab, mesh = experiment.loaded_model(experiment.model)
+        manifest = generate_questions(seed_task, lm, params, vocab, lm.config.max_length, experiment.questions,
+                                      directory, mesh=mesh, prompter=prompter)
+        manifest = seal(directory)
     counts = manifest["counts"]
     print(f"[questions] {counts['kept']} kept of {counts['generated']} generated "
           f"({counts['candidates']} new) -> {directory / 'generated_pool.jsonl'}", flush=True)
@@ -325,15 +386,18 @@ def run_exemplars(experiment: Experiment) -> dict[str, Any]:
     """Self-generated few-shot CoT templates (Figure 3) by the base model into run_dir/exemplars/."""
     directory = experiment.path / "exemplars"
     prompter = experiment.prompter(experiment.model)
-    done = _finished_manifest(directory, experiment.exemplars, prompter)
-    if done is not None and len(list(directory.glob("generated_*.json"))) == experiment.exemplars.templates:
-        return done
-    lm, params, vocab, mesh = experiment.loaded_model(experiment.model)
-    # The templates come from the task's own pool questions, asked without any exemplars of their own.
-    paths = generate_exemplars(experiment.base_task(), lm, params, vocab, lm.config.max_length, experiment.exemplars,
-                               directory, mesh=mesh, prompter=prompter)
+    with _generation_guard(experiment, "exemplars", experiment.base_task(), experiment.exemplars) as state:
+        complete = len(list(directory.glob("generated_*.json"))) == experiment.exemplars.templates
+        done = _kept_manifest(directory, state, complete)
+        if done is not None:
+            return done
+        lm, params, vocab, mesh = experiment.loaded_model(experiment.model)
+        # The templates come from the task's own pool questions, asked without any exemplars of their own.
+        paths = generate_exemplars(experiment.base_task(), lm, params, vocab, lm.config.max_length,
+                                   experiment.exemplars, directory, mesh=mesh, prompter=prompter)
+        manifest = seal(directory)
     print(f"[exemplars] {len(paths)} templates of {experiment.exemplars.shots} -> {directory}", flush=True)
-    return json.loads((directory / "manifest.json").read_text())
+    return manifest
 
 
 def _wait_for_all_processes(name: str) -> None:
@@ -343,47 +407,43 @@ def _wait_for_all_processes(name: str) -> None:
         multihost_utils.sync_global_devices(name)
 
 
+def _train_data(experiment: Experiment, round_index: int, vocab: Any) -> tuple[str, dict[str, pathlib.Path]]:
+    """The SeqIO task (or mixture of tasks) of round r's formatted data, and each train task's format folder."""
+    formats = {experiment.formatted_task_name(round_index, name): experiment.stage_dir(round_index, name, "formats")
+               for name in experiment.training_tasks}
+    for name, directory in formats.items():
+        register_formatted_task(name, directory, vocab)
+    if len(formats) == 1:
+        return next(iter(formats)), formats
+    return register_mixture(f"lsi_{experiment.path.name}_round{round_index}_mixture", formats), formats
+
+
 def run_train(experiment: Experiment, round_index: int) -> dict[str, Any]:
     """Fine-tunes round r's starting model on the formatted data of every train task (one mixture if several)."""
     from lsi.training.trainer import finetune  # noqa: PLC0415
 
     start = experiment.starting_model(round_index)
     vocab = experiment.vocabulary(start)
-    formats = {experiment.formatted_task_name(round_index, name): experiment.stage_dir(round_index, name, "formats")
-               for name in experiment.training_tasks}
-    for name, directory in formats.items():
-        register_formatted_task(name, directory, vocab)
-    if len(formats) == 1:
-        data_name = next(iter(formats))
-    else:
-        data_name = register_mixture(f"lsi_{experiment.path.name}_round{round_index}_mixture", formats)
     prompter = experiment.prompter(start)
     train_dir = experiment.round_dir(round_index) / "train"
-    manifest = {"stage": "train", "config": json.loads(json.dumps(dataclasses.asdict(experiment.train), default=str)),
-                **prompter.describe(), "inputs": {"model": str(start), "data": data_name, "formats": {
-                    name: str(directory / "manifest.json") for name, directory in formats.items()}}}
-    _check_same_prompt_style(train_dir / "manifest.json", prompter)
-    if jax.process_index() == 0:
-        write_json_atomic(train_dir / "manifest.json", manifest)  # before training: a resumed run is checked too
-    result = finetune(experiment.train, start, data_name, train_dir, vocab,
-                      mesh=partitioning.make_mesh(experiment.mesh), stop_ids=prompter.eos_ids)
-    if jax.process_index() == 0:
-        write_json_atomic(train_dir / "manifest.json", {
-            **manifest, "counts": {"steps": result["steps"], "data": result["data"]},
-            "final_metrics": result["final_metrics"]})
+    data_name, formats = _train_data(experiment, round_index, vocab)
+    with _guarded(experiment, train_dir, train_lineage(formats, start, prompter, experiment.train)):
+        previous = _read_json(train_dir / "manifest.json")
+        result = finetune(experiment.train, start, data_name, train_dir, vocab,
+                          mesh=partitioning.make_mesh(experiment.mesh), stop_ids=prompter.eos_ids)
+        # A rerun of a finished round trains nothing: it keeps the metrics of the run that trained.
+        result["final_metrics"] = result["final_metrics"] or previous.get("final_metrics")
+        if _is_writer():
+            write_json_atomic(train_dir / "manifest.json", {
+                "stage": "train", "config": json.loads(json.dumps(dataclasses.asdict(experiment.train), default=str)),
+                **prompter.describe(), "inputs": {"model": str(start), "data": data_name},
+                "counts": {"steps": result["steps"], "data": result["data"]}, "final_metrics": result["final_metrics"]})
+            seal(train_dir, ["hf"])
     return result
 
 
-def _check_same_prompt_style(manifest_path: pathlib.Path, prompter: Prompter) -> None:
-    """A stage output made in another prompt style is never resumed or kept: that would mix two styles' data."""
-    if not manifest_path.exists():
-        return
-    previous = json.loads(manifest_path.read_text())
-    changed = {k: (previous.get(k), v) for k, v in prompter.describe().items() if previous.get(k) != v}
-    if changed:
-        details = "; ".join(f"{k}: {old!r} there, {new!r} now" for k, (old, new) in changed.items())
-        raise ValueError(f"{manifest_path.parent} was made in another prompt style ({details}). Use a new run_dir, or "
-                         f"delete {manifest_path.parent} to redo the stage in this style.")
+def _read_json(path: pathlib.Path) -> dict[str, Any]:
+    return json.loads(path.read_text()) if path.exists() else {}
 
 
 def _temperature_tag(tag: str, temperature: float) -> str:
@@ -407,7 +467,7 @@ def self_improve(experiment: Experiment) -> dict[str, Any]:
     if experiment.eval_before:
         evaluate_tag("base", experiment.model)
     for round_index in range(1, experiment.num_rounds + 1):
-        counts = {}
+        counts: dict[str, Any] = {}
         for stage in ("sample", "vote", "format"):
             counts[stage] = {task: result.get("counts") for task, result in
                              run_stage(experiment, stage, round_index=round_index).items()}
@@ -499,6 +559,7 @@ def main(argv: Sequence[str]) -> None:
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
         jax.distributed.initialize(experiment.coordinator_address, experiment.num_processes, experiment.process_id)
     experiment.path.mkdir(parents=True, exist_ok=True)
+    experiment.restart = Restart(args.restart_stage)
     write_text_atomic(experiment.path / "config.gin", gin.config_str())
     for stage in args.stage:
         result = run_stage(experiment, stage, args.eval_tag, args.eval_model, args.round)
@@ -514,6 +575,9 @@ def _define_flags(flag_values: Any = None) -> None:
     flags.DEFINE_multi_string("gin_file", [], "Gin config files, applied in order.", flag_values=fv)
     flags.DEFINE_multi_string("gin_param", [], "Gin bindings, applied after the files.", flag_values=fv)
     flags.DEFINE_multi_enum("stage", ["self_improve"], list(STAGES), "Stages to run, in order.", flag_values=fv)
+    flags.DEFINE_enum("restart_stage", None, [s for s in STAGES if s not in ("self_improve", "report")],
+                      "Replace this stage's outputs (whatever made them), and those of the stages after it whose inputs "
+                      "changed as a result, instead of refusing to mix them.", flag_values=fv)
     flags.DEFINE_integer("round", 1, "Self-improvement round of the sample/vote/format/train stages (from 1).",
                          flag_values=fv)
     flags.register_validator("round", _check_round, flag_values=fv)

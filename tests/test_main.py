@@ -7,7 +7,9 @@ import gin
 import pytest
 
 from helpers.toy import save_tiny_checkpoint
+from lsi.lineage import LineageError
 from lsi.main import Experiment, parse_gin, run_stage
+from lsi.stage_lineage import seal
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 RUN_CONFIGS = sorted((REPO / "gin_configs" / "runs").glob("*.gin"))
@@ -99,6 +101,9 @@ def test_stages_run_in_order_through_the_entry_point(style, tiny_checkpoint, tmp
               for i in range(2)]
     round_dir = tmp_path / "round_1" / "arithmetic"
     (round_dir / "votes" / "pseudo_labels.jsonl").write_text("".join(json.dumps(r) + "\n" for r in labels))
+    with pytest.raises(LineageError, match=r"pseudo_labels.jsonl changed after the vote stage wrote it"):
+        run_stage(experiment, "format")
+    seal(round_dir / "votes", ["pseudo_labels.jsonl"])  # recorded as the vote's output, as if it had voted them
     formats = run_stage(experiment, "format")["arithmetic"]
     trained = run_stage(experiment, "train")
     assert trained["steps"] == 2 and (tmp_path / "round_1" / "train" / "hf" / "config.json").exists()
@@ -120,9 +125,9 @@ def test_stages_run_in_order_through_the_entry_point(style, tiny_checkpoint, tmp
         run_stage(experiment, "fly")
     # The other style never resumes or keeps this one's samples or training.
     gin.bind_parameter("lsi.Experiment.prompt_style", "chat" if style == "plain" else "plain")
-    with pytest.raises(ValueError, match="prompt_style: shards have"):
+    with pytest.raises(LineageError, match=r"another config or other inputs:\n  inputs.prompt_style"):
         run_stage(Experiment(), "sample")
-    with pytest.raises(ValueError, match="made in another prompt style"):
+    with pytest.raises(LineageError, match=r"another config or other inputs:\n  inputs.prompt_style"):
         run_stage(Experiment(), "train")
 
 
@@ -145,6 +150,7 @@ def test_a_rerun_keeps_complete_eval_modes(tiny_checkpoint, tmp_path, monkeypatc
 def test_generation_stages_feed_table6_and_figure3(tmp_path, monkeypatch):
     from helpers.scripted_lm import ScriptedLM  # noqa: PLC0415
 
+    from lsi import lineage  # noqa: PLC0415
     from lsi import main as lsi_main  # noqa: PLC0415
     from lsi.vocab import load_vocabulary  # noqa: PLC0415
 
@@ -154,6 +160,7 @@ def test_generation_stages_feed_table6_and_figure3(tmp_path, monkeypatch):
     loaded = []
     monkeypatch.setattr(Experiment, "loaded_model", lambda self, ckpt: loaded.append(ckpt) or (lm, None, vocab, None))
     monkeypatch.setattr(Experiment, "vocabulary", lambda self, ckpt: vocab)
+    monkeypatch.setattr(lineage, "fingerprint_model", lambda ckpt: f"sha256 of {ckpt}")
     parse_gin([], [
         f"lsi.Experiment.run_dir = '{tmp_path}'",
         "lsi.Experiment.model = 'base-model'",

@@ -1,0 +1,88 @@
+"""One process writes a stage output at a time: a lock file beside the stage directory.
+
+The lock file `.<directory>.lock` holds its holder's host, pid and start time. A second process that finds it exits
+with a message naming the holder; a lock whose holder process is gone (same host, pid no longer running) is stale and
+is taken over, so a SIGKILLed run never blocks its own rerun. A holder on another host cannot be checked from here:
+the message says so and names the file to remove once that run is known to be dead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import os
+import pathlib
+import socket
+from typing import Iterator
+
+
+class StageLockedError(RuntimeError):
+    """Another live process is writing this stage output."""
+
+
+def lock_path(directory: str | os.PathLike) -> pathlib.Path:
+    # Beside the directory, not inside it: a restarted stage removes its directory, never the lock it holds.
+    directory = pathlib.Path(directory)
+    return directory.parent / f".{directory.name}.lock"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's live process
+    return True
+
+
+def _holder(path: pathlib.Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None  # released meanwhile, or a holder killed mid-write (an empty file)
+
+
+def _is_stale(holder: dict | None) -> bool:
+    if holder is None:
+        return True
+    return holder.get("host") == socket.gethostname() and not _pid_alive(int(holder.get("pid", -1)))
+
+
+def _try_create(path: pathlib.Path, record: dict) -> bool:
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "w") as f:
+        json.dump(record, f)
+    return True
+
+
+@contextlib.contextmanager
+def stage_lock(directory: str | os.PathLike, stage: str) -> Iterator[pathlib.Path]:
+    """Holds the lock of a stage output directory for the duration of the block."""
+    path = lock_path(directory)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record = {"host": socket.gethostname(), "pid": os.getpid(), "stage": stage,
+              "since_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    for _ in range(3):  # a stale lock is removed and the claim retried; a racing process may win the retry
+        if _try_create(path, record):
+            break
+        holder = _holder(path)
+        if not _is_stale(holder):
+            where = "this host" if holder.get("host") == socket.gethostname() else f"host {holder.get('host')}"
+            raise StageLockedError(
+                f"{directory} is being written by the {holder.get('stage')} stage of process {holder.get('pid')} on "
+                f"{where} (since {holder.get('since_utc')}; lock {path}). Wait for it to finish, or, if that process "
+                f"is dead on another host, remove {path}.")
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+    else:
+        raise StageLockedError(f"Could not take the lock {path}: other processes keep claiming it.")
+    try:
+        yield path
+    finally:
+        if _holder(path) == record:
+            path.unlink()
