@@ -213,7 +213,9 @@ def evaluate(task: Task, lm: LanguageModel, params: Any, vocab: Any, max_length:
     done = _complete_modes(output_dir, all_metrics, examples)
     results = dict(done)
     all_metrics["modes"] = _in_mode_order(results, config.modes)  # a rerun with every mode done returns these
-    for modes in _sampling_runs([mode for mode in config.modes if mode not in done]):
+    # Modes sampled together are redone together: a kill between their writes must not resample the rest alone
+    # (greedy rides as sample 0 of self-consistency's batch, so alone its samples would differ).
+    for modes in [run for run in _sampling_runs(config.modes) if not all(mode in done for mode in run)]:
         fmt = MODE_FORMATS[modes[0]]
         greedy_modes = [mode for mode in modes if mode != "self_consistency"]
         num_samples = len(greedy_modes) + (config.num_samples if "self_consistency" in modes else 0)

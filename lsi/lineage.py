@@ -154,6 +154,7 @@ def claim(directory: str | os.PathLike, lineage: Lineage, restart: bool = False,
     if previous is not None and not restart:
         changes = lineage.changes(previous)
         if not changes:
+            remove_temporary_files(directory)
             return "same"
         if not replace_changed:
             raise LineageError(
@@ -171,6 +172,20 @@ def claim(directory: str | os.PathLike, lineage: Lineage, restart: bool = False,
     return "new"
 
 
+TEMPORARY_PATTERNS = (".*.tmp", "*.orbax-checkpoint-tmp*")  # io_utils' atomic writes; Orbax's unfinished saves
+
+
+def remove_temporary_files(directory: pathlib.Path) -> list[pathlib.Path]:
+    """Removes what a killed writer left half-written in a claimed directory (the lock makes them nobody's)."""
+    found = sorted({p for pattern in TEMPORARY_PATTERNS for p in directory.rglob(pattern)}, reverse=True)
+    for path in found:
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        elif path.exists():
+            path.unlink()
+    return found
+
+
 def output_fingerprints(directory: str | os.PathLike, names: Iterable[str]) -> dict[str, dict[str, str]]:
     """{name: {"sha256": ...}} for the named files (or directories) under `directory`: a manifest's "outputs"."""
     directory = pathlib.Path(directory)
@@ -178,14 +193,15 @@ def output_fingerprints(directory: str | os.PathLike, names: Iterable[str]) -> d
 
 
 def upstream_fingerprint(directory: str | os.PathLike, stage: str) -> str:
-    """The fingerprint of an upstream stage's complete output (its manifest's sha256), after checking that the
-    manifest exists and that every output it records is still there with its recorded sha256."""
+    """The fingerprint of an upstream stage's complete output, after checking that its manifest exists and that every
+    output it records is still there with its recorded sha256."""
     directory = pathlib.Path(directory)
     manifest_path = directory / MANIFEST_FILE
     if not manifest_path.exists():
         raise LineageError(f"{directory} has no {MANIFEST_FILE}: the {stage} stage has not completed there. Run "
                            f"--stage={stage} first.")
-    outputs = json.loads(manifest_path.read_text()).get("outputs") or {}
+    manifest = json.loads(manifest_path.read_text())
+    outputs = manifest.get("outputs") or {}
     for name, recorded in outputs.items():
         path = directory / name
         if not path.exists():
@@ -194,4 +210,6 @@ def upstream_fingerprint(directory: str | os.PathLike, stage: str) -> str:
         if fingerprint_path(path) != recorded["sha256"]:
             raise LineageError(f"{path} changed after the {stage} stage wrote it (its sha256 no longer matches "
                                f"{manifest_path}). Rerun with --restart_stage={stage} rather than edit its outputs.")
-    return fingerprint_file(manifest_path)
+    # What the stage made and from what: its outputs' and lineage's fingerprints, not the manifest's bytes (which
+    # hold timings and the run folder's path, so a moved or resumed run would look changed).
+    return fingerprint_json({"outputs": outputs, "lineage": manifest.get("lineage")})

@@ -123,6 +123,8 @@ def test_stages_run_in_order_through_the_entry_point(style, tiny_checkpoint, tmp
         "samples-00000-of-00002.jsonl", "samples-00001-of-00002.jsonl"]
     with pytest.raises(ValueError, match="Unknown stage"):
         run_stage(experiment, "fly")
+    if style == "plain":
+        _reruns_refuse_changed_inputs_and_restart_replaces_them(tmp_path)
     # The other style never resumes or keeps this one's samples or training.
     gin.bind_parameter("lsi.Experiment.prompt_style", "chat" if style == "plain" else "plain")
     with pytest.raises(LineageError, match=r"another config or other inputs:\n  inputs.prompt_style"):
@@ -145,6 +147,37 @@ def test_a_rerun_keeps_complete_eval_modes(tiny_checkpoint, tmp_path, monkeypatc
     monkeypatch.setattr("lsi.evaluation.BatchSampler.run", lambda *a, **k: pytest.fail("re-sampled a done mode"))
     normalised = lambda result: json.loads(json.dumps(result, default=str))  # noqa: E731
     assert normalised(run_stage(experiment, "eval")) == normalised(first)
+
+
+def _reruns_refuse_changed_inputs_and_restart_replaces_them(run_dir):
+    from lsi.self_improve.formats import FormatStageConfig  # noqa: PLC0415
+    from lsi.stage_lineage import Restart  # noqa: PLC0415
+    from lsi.training.optimizers import OptimizerConfig  # noqa: PLC0415
+
+    formats = run_dir / "round_1" / "arithmetic" / "formats"
+    # A finished train rerun with a new learning rate trains nothing new and must not claim the new rate.
+    gin.bind_parameter("lsi.TrainConfig.optimizer", OptimizerConfig(learning_rate=0.5))
+    with pytest.raises(LineageError, match=r"train stage's output of another config.*\n  config.optimizer: "):
+        run_stage(Experiment(), "train")
+    gin.bind_parameter("lsi.TrainConfig.optimizer", OptimizerConfig())
+    # An eval rerun with another model must not keep the first model's predictions.
+    base_model = Experiment().model
+    gin.bind_parameter("lsi.Experiment.model", str(run_dir / "round_1" / "train" / "hf"))
+    with pytest.raises(LineageError, match=r"eval stage's output of another config or other inputs:\n  inputs.model"):
+        run_stage(Experiment(), "eval", eval_tag="before")
+    gin.bind_parameter("lsi.Experiment.model", base_model)
+    # New shard count: refused, then restarted as a set (no old shard beside the new ones), and training downstream
+    # of it replaced because its input changed.
+    gin.bind_parameter("lsi.Experiment.format", FormatStageConfig(num_shards=2))
+    experiment = Experiment()
+    with pytest.raises(LineageError, match="config.num_shards: 4 -> 2"):
+        run_stage(experiment, "format")
+    experiment.restart = Restart("format")
+    run_stage(experiment, "format")
+    assert sorted(p.name for p in formats.glob("*.tfrecord")) == [
+        "examples-00000-of-00002.tfrecord", "examples-00001-of-00002.tfrecord"]
+    assert run_stage(experiment, "train")["resumed_from"] is None  # trained again on the new shards
+    gin.bind_parameter("lsi.Experiment.format", FormatStageConfig())
 
 
 def test_generation_stages_feed_table6_and_figure3(tmp_path, monkeypatch):
