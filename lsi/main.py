@@ -516,26 +516,32 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 _SEARCH_PATH_ADDED: list[bool] = []  # gin keeps search paths for the process; add ours once
 
 
-def _find_gin_file(path: str) -> str:
-    """`path` as gin should open it: as given when it exists there, else the lsi checkout's copy. A file in neither is
-    an error naming both places (gin's own error can be a TypeError: it looks a relative path up as a Python package,
-    and fails on namespace packages such as gin_configs when the checkout is on sys.path)."""
+def _find_gin_file(path: str, search_paths: Sequence[str] = ()) -> str:
+    """`path` as gin should open it: as given when it exists there, else under a search path, else the lsi
+    checkout's copy. A file in none is an error naming every place (gin's own error can be a TypeError: it looks a
+    relative path up as a Python package, and fails on namespace packages such as gin_configs when the checkout is on
+    sys.path)."""
     if "://" in str(path):  # a remote file (gs://...): gin's file readers open it
         return path
     given = pathlib.Path(path).expanduser()
     if given.is_file():
         return str(given)
-    if not given.is_absolute() and (REPO_ROOT / given).is_file():
-        return str(REPO_ROOT / given)
-    searched = str(given.absolute()) + ("" if given.is_absolute() else f" and {REPO_ROOT / given}")
+    candidates = [] if given.is_absolute() else [pathlib.Path(d).expanduser() / given
+                                                 for d in (*search_paths, REPO_ROOT)]
+    for candidate in candidates:
+        if candidate.is_file():
+            return str(candidate)
+    searched = ", ".join(str(p) for p in [given.absolute(), *candidates])
     raise FileNotFoundError(f"--gin_file {path}: no such file; searched {searched} (a relative path is tried against "
-                            f"the working directory, then the lsi checkout).")
+                            f"the working directory, then --gin_search_paths, then the lsi checkout).")
 
 
-def parse_gin(gin_files: Sequence[str], gin_params: Sequence[str]) -> None:
+def parse_gin(gin_files: Sequence[str], gin_params: Sequence[str], search_paths: Sequence[str] = ()) -> None:
     """Gin files and bindings, in order. `include 'gin_configs/...'` lines resolve against the working directory
-    first, then the lsi checkout, so run files work from anywhere."""
-    gin_files = [_find_gin_file(path) for path in gin_files]
+    first, then `search_paths`, then the lsi checkout, so run files work from anywhere."""
+    gin_files = [_find_gin_file(path, search_paths) for path in gin_files]
+    for directory in search_paths:
+        gin.add_config_file_search_path(str(pathlib.Path(directory).expanduser()))
     if not _SEARCH_PATH_ADDED:
         gin.add_config_file_search_path(str(REPO_ROOT))
         _SEARCH_PATH_ADDED.append(True)
@@ -552,7 +558,8 @@ def main(argv: Sequence[str]) -> None:
         # Samplers and train steps of the same shapes compile once across stages, rounds and reruns: the eval
         # after training reuses the programs of the eval before it.
         jax.config.update("jax_compilation_cache_dir", os.path.expanduser(args.jax_cache_dir))
-    parse_gin(args.gin_file, args.gin_param)
+    run_dir = [f"lsi.Experiment.run_dir = {args.run_dir!r}"] if args.run_dir else []
+    parse_gin(args.gin_file, [*args.gin_param, *run_dir], args.gin_search_paths)
     experiment = Experiment()
     if experiment.distributed:
         # CPU processes need a collectives backend for cross-process arrays (TPU and GPU have their own).
@@ -567,6 +574,19 @@ def main(argv: Sequence[str]) -> None:
             {k: v.get("counts") if isinstance(v, dict) else v for k, v in result.items()}, default=str)[:2000])
 
 
+def rewrite_gin_args(argv: Sequence[str]) -> list[str]:
+    """t5x's command-line form: `--gin.NAME=VALUE` becomes `--gin_param=NAME = VALUE` (so `--gin.lsi.TrainConfig.
+    steps=100` binds lsi.TrainConfig.steps; VALUE is gin syntax, strings quoted)."""
+    rewritten = []
+    for arg in argv:
+        if arg.startswith("--gin.") and "=" in arg:
+            name, value = arg[len("--gin."):].split("=", 1)
+            rewritten.append(f"--gin_param={name} = {value}")
+        else:
+            rewritten.append(arg)
+    return rewritten
+
+
 def _define_flags(flag_values: Any = None) -> None:
     """Defines the entry point's flags on `flag_values` (absl's global FLAGS unless given; tests pass their own)."""
     from absl import flags  # noqa: PLC0415
@@ -574,7 +594,12 @@ def _define_flags(flag_values: Any = None) -> None:
     fv = flags.FLAGS if flag_values is None else flag_values
     flags.DEFINE_multi_string("gin_file", [], "Gin config files, applied in order.", flag_values=fv)
     flags.DEFINE_multi_string("gin_param", [], "Gin bindings, applied after the files.", flag_values=fv)
-    flags.DEFINE_multi_enum("stage", ["self_improve"], list(STAGES), "Stages to run, in order.", flag_values=fv)
+    flags.DEFINE_multi_enum("stage", None, list(STAGES), "Stages to run, in order (required; see the list above).",
+                            flag_values=fv)
+    flags.DEFINE_string("run_dir", None, "Shortcut for --gin_param=\"lsi.Experiment.run_dir='DIR'\" (applied last).",
+                        flag_values=fv)
+    flags.DEFINE_list("gin_search_paths", [], "Folders (comma-separated) where --gin_file and gin `include` paths "
+                      "are looked up, before the working directory and the installed package.", flag_values=fv)
     flags.DEFINE_enum("restart_stage", None, [s for s in STAGES if s not in ("self_improve", "report")],
                       "Replace this stage's outputs (whatever made them), and those of the stages after it whose inputs "
                       "changed as a result, instead of refusing to mix them.", flag_values=fv)
@@ -588,6 +613,7 @@ def _define_flags(flag_values: Any = None) -> None:
                         flag_values=fv)
     flags.DEFINE_string("eval_model", "base", "Model to evaluate: base, trained (the round's fine-tuned model) "
                         "or a checkpoint path/name.", flag_values=fv)
+    flags.mark_flag_as_required("stage", flag_values=fv)
 
 
 def _check_round(value: int) -> bool:
@@ -601,10 +627,19 @@ def _check_round(value: int) -> bool:
 
 
 def console_main() -> None:
-    from absl import app  # noqa: PLC0415
+    """The installed `lsi` command: `lsi --help` lists the stages (this module's docstring) and lsi's flags."""
+    import sys  # noqa: PLC0415
+
+    from absl import app, flags  # noqa: PLC0415
 
     _define_flags()
-    app.run(main)
+    # absl's --help prints the __main__ module's docstring and the flags of the module named by argv[0]; for the
+    # console script both are the wrapper's, so point them at this module.
+    sys.modules["__main__"].__doc__ = __doc__
+    for name in ("gin_file", "gin_param", "gin_search_paths", "run_dir", "stage", "restart_stage", "round",
+                 "eval_tag", "eval_model", "jax_cache_dir"):
+        flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS[name])
+    app.run(main, argv=rewrite_gin_args(sys.argv))
 
 
 if __name__ == "__main__":

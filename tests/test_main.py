@@ -41,6 +41,51 @@ def test_missing_gin_file_names_where_it_was_searched(tmp_path, monkeypatch):
         parse_gin([str(tmp_path / "absent.gin")], [])
 
 
+def test_gin_search_paths_find_files_and_includes(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    configs = tmp_path / "my_configs"
+    (configs / "runs").mkdir(parents=True)
+    (configs / "base.gin").write_text("lsi.Experiment.task = 'chain_sum'\n")
+    (configs / "runs" / "mine.gin").write_text("include 'base.gin'\nlsi.Experiment.run_dir = 'runs/mine'\n")
+    parse_gin(["runs/mine.gin"], [], search_paths=[str(configs)])
+    assert Experiment().task == "chain_sum" and Experiment().run_dir == "runs/mine"
+    with pytest.raises(FileNotFoundError, match=f"searched .*{configs / 'nothing.gin'}"):
+        parse_gin(["nothing.gin"], [], search_paths=[str(configs)])
+
+
+def _flags(argv):
+    from absl import flags
+
+    from lsi.main import _define_flags, rewrite_gin_args
+
+    flag_values = flags.FlagValues()
+    _define_flags(flag_values)
+    flag_values(rewrite_gin_args(["lsi", *argv]))
+    return flag_values
+
+
+def test_command_line_takes_t5x_gin_flags_a_run_dir_and_requires_a_stage():
+    from absl import flags
+
+    parsed = _flags(["--stage=eval", "--gin.lsi.TrainConfig.steps=100", "--gin.lsi.Experiment.task='svamp'",
+                     "--run_dir=runs/x", "--gin_search_paths=a,b"])
+    assert parsed.gin_param == ["lsi.TrainConfig.steps = 100", "lsi.Experiment.task = 'svamp'"]
+    assert parsed.run_dir == "runs/x" and parsed.gin_search_paths == ["a", "b"] and parsed.stage == ["eval"]
+    with pytest.raises(flags.IllegalFlagValueError, match="stage"):
+        _flags(["--gin_file=x.gin"])  # no silent full pipeline
+
+
+def test_installed_command_help_lists_stages_and_flags():
+    import shutil
+    import subprocess
+
+    lsi = shutil.which("lsi") or str(pathlib.Path(__import__("sys").executable).parent / "lsi")
+    result = subprocess.run([lsi, "--help"], capture_output=True, text=True, timeout=300)
+    for expected in ("self_improve", "round_<r>/<task>/samples/", "--gin_file", "--stage", "--run_dir",
+                     "--restart_stage", "--gin_search_paths"):
+        assert expected in result.stdout + result.stderr, expected
+
+
 @pytest.mark.parametrize("value", ["0", "-2"])
 def test_round_below_one_is_a_flag_error(value):
     from absl import flags
@@ -50,7 +95,7 @@ def test_round_below_one_is_a_flag_error(value):
     flag_values = flags.FlagValues()
     _define_flags(flag_values)
     with pytest.raises(flags.IllegalFlagValueError, match=f"--round counts from 1, got {value}"):
-        flag_values(["lsi.main", f"--round={value}"])
+        flag_values(["lsi.main", f"--round={value}", "--stage=vote"])
     ok = flags.FlagValues()
     _define_flags(ok)
     ok(["lsi.main", "--round=2", "--stage=vote"])

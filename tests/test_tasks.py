@@ -346,6 +346,9 @@ def test_invalid_utf8_names_file_and_line(tmp_path):
     (tmp_path / "array.json").write_bytes(b'[\n{"question": "a"},\n{"question": "\xc3("}\n]\n')
     with pytest.raises(ValueError, match=r"array\.json:3: not valid UTF-8"):
         list(loading.read_json_array(tmp_path / "array.json"))
+    (tmp_path / "prompts.json").write_bytes(b'{"exemplars": [\n{"question": "caf\xe9", "rationale": "r", "answer": "1"}]}')
+    with pytest.raises(ValueError, match=r"prompts\.json:2: not valid UTF-8"):
+        ExemplarSet.from_file(tmp_path / "prompts.json")
 
 
 def test_missing_data_names_the_path_and_variable(tmp_path):

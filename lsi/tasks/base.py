@@ -13,6 +13,8 @@ import os
 import pathlib
 from typing import Any, Callable, Sequence
 
+from lsi.io_utils import open_text
+
 ANSWER_TYPES = ("number", "option", "nli", "yes_no", "drop")
 DATA_DIR_ENV = "LSI_DATA_DIR"
 
@@ -60,7 +62,8 @@ class ExemplarSet:
         if not path.is_file():
             raise FileNotFoundError(f"Exemplar file {path} does not exist.")
         try:
-            raw = json.loads(path.read_text(encoding="utf-8"))
+            with open_text(path) as f:
+                raw = json.loads(f.read())
         except json.JSONDecodeError as e:
             raise ValueError(f"{path}: invalid JSON at line {e.lineno}: {e.msg}.") from None
         exemplars = []
