@@ -9,9 +9,10 @@ the base model on the same questions (Newcombe interval, exact McNemar p). Contr
   predictions exactly;
 - oracle: the paths whose answer matches the pool's hidden gold (the most this sampling budget can teach);
 - anti_oracle: wrong paths only, as many as the vote kept (must hurt).
-The screen (`--stage=screen` on the dev split) runs last; its results are copied in under "screen".
+`--setting` picks a difficulty of the arithmetic task (SETTINGS); results go under "settings" -> its name.
 
-    XLA_FLAGS= python scripts/lmsi_search.py --arms base,no_op,paper,zero_shot   # ~8 min an arm on 2 cores
+    XLA_FLAGS= python scripts/lmsi_search.py --setting two_digit_add --arms paper,zero_shot,no_op,oracle
+    # ~10 min for the pool's samples and the base model's dev eval, then ~8 min an arm on 2 cores
 
 Arms run as separate `lsi.main` processes and keep complete stages, so a rerun resumes; the JSON is rewritten after
 each arm.
@@ -34,6 +35,12 @@ from lsi.io_utils import write_json_atomic
 
 BASE_GIN = "gin_configs/runs/quickstart.gin"
 TASK = "arithmetic"
+# Difficulty settings of the arithmetic task (reasoning-gym config overrides); the quickstart's pool and eval sizes.
+SETTINGS: dict[str, dict[str, Any]] = {
+    "two_digit_add_sub": {},  # the task's default: a + b or a - b, operands of 1-2 digits
+    "two_digit_add": {"operators": ("+",)},
+    "three_one_digit_terms": {"min_terms": 3, "max_terms": 3, "max_digits": 1},
+}
 DEV_EVAL = ("lsi.EvalConfig.split = 'dev'", "lsi.EvalConfig.modes = ('cot_greedy', 'zero_shot_cot')")
 STEPS_12 = ("lsi.TrainConfig.steps = 12", "lsi.OptimizerConfig.total_steps = 12")
 
@@ -69,9 +76,16 @@ ARMS: dict[str, tuple[str, tuple[str, ...]]] = {
 METRICS = {"few_shot_cot_greedy": "cot_greedy", "zero_shot_cot_greedy": "zero_shot_cot"}
 
 
-def run_lsi(run_dir: pathlib.Path, stages: list[str], bindings: tuple[str, ...], extra: tuple[str, ...] = ()) -> None:
+def task_kwargs(setting: str) -> dict[str, Any]:
+    return {"pool_size": 160, "eval_size": 400, "config": SETTINGS[setting]}
+
+
+def run_lsi(run_dir: pathlib.Path, stages: list[str], bindings: tuple[str, ...], extra: tuple[str, ...] = (),
+            setting: str = "two_digit_add_sub") -> None:
     command = [sys.executable, "-m", "lsi.main", f"--gin_file={BASE_GIN}",
-               f"--gin_param=lsi.Experiment.run_dir = '{run_dir}'", *(f"--gin_param={b}" for b in bindings),
+               f"--gin_param=lsi.Experiment.run_dir = '{run_dir}'",
+               f"--gin_param=lsi.Experiment.task_kwargs = {task_kwargs(setting)!r}",
+               *(f"--gin_param={b}" for b in bindings),
                *(f"--stage={s}" for s in stages), *extra]
     print("$", " ".join(command), flush=True)
     subprocess.run(command, check=True)
@@ -96,7 +110,7 @@ def compare(base: dict[str, list[bool]], arm: dict[str, list[bool]]) -> dict[str
     return rows
 
 
-def vote_summary(run_dir: pathlib.Path) -> dict[str, Any]:
+def vote_summary(run_dir: pathlib.Path, setting: str) -> dict[str, Any]:
     """The vote's counts and how many kept labels and paths are right (scored against the pool's gold)."""
     from lsi.self_improve.sampling import read_samples  # noqa: PLC0415
     from lsi.tasks import get_task  # noqa: PLC0415
@@ -104,7 +118,7 @@ def vote_summary(run_dir: pathlib.Path) -> dict[str, Any]:
 
     votes = run_dir / "round_1" / TASK / "votes"
     counts = json.loads((votes / "manifest.json").read_text())["counts"]
-    gold = {e.id: e.answer for e in get_task(TASK, pool_size=160, eval_size=400).load_pool()}
+    gold = {e.id: e.answer for e in get_task(TASK, **task_kwargs(setting)).load_pool()}
     samples = {(r["question_id"], r["sample_index"]): r["answer"] for r in read_samples(samples_dir(run_dir))}
     labels = [json.loads(line) for line in (votes / "pseudo_labels.jsonl").open()]
     right_labels = sum(answers_equal(r["answer"], gold[r["question_id"]], "number") for r in labels)
@@ -114,7 +128,7 @@ def vote_summary(run_dir: pathlib.Path) -> dict[str, Any]:
             "kept_paths_right": right_paths / counts["kept_paths"] if counts["kept_paths"] else None}
 
 
-def run_arm(work: pathlib.Path, name: str) -> dict[str, Any]:
+def run_arm(work: pathlib.Path, name: str, setting: str) -> dict[str, Any]:
     description, bindings = ARMS[name]
     run_dir = work / "arms" / name
     if not samples_dir(run_dir).exists():
@@ -123,37 +137,35 @@ def run_arm(work: pathlib.Path, name: str) -> dict[str, Any]:
         cap = json.loads((work / "arms" / "paper" / "round_1" / TASK / "votes" / "manifest.json").read_text())
         bindings = (*bindings, f"lsi.VoteStageConfig.max_total_paths = {cap['counts']['kept_paths']}")
     start = time.perf_counter()
-    run_lsi(run_dir, ["vote", "format", "train"], bindings)
-    run_lsi(run_dir, ["eval"], (*bindings, *DEV_EVAL), ("--eval_model=trained", "--eval_tag=dev"))
+    run_lsi(run_dir, ["vote", "format", "train"], bindings, setting=setting)
+    run_lsi(run_dir, ["eval"], (*bindings, *DEV_EVAL), ("--eval_model=trained", "--eval_tag=dev"), setting)
     train = json.loads((run_dir / "round_1" / "train" / "manifest.json").read_text())
-    return {"description": description, "gin": list(bindings), "vote": vote_summary(run_dir),
+    return {"description": description, "gin": list(bindings), "vote": vote_summary(run_dir, setting),
             "train": {"steps": train["counts"]["steps"], "final_metrics": train.get("final_metrics")},
             "wall_s": time.perf_counter() - start}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--arms", default="no_op,paper,zero_shot,cot_only,paper_share50,oracle,anti_oracle")
+    parser.add_argument("--setting", default="two_digit_add_sub", choices=sorted(SETTINGS))
+    parser.add_argument("--arms", default="paper,zero_shot,no_op,oracle,anti_oracle")
     parser.add_argument("--work_dir", default="runs/lmsi_search")
     parser.add_argument("--output", default="benchmarks/results/lmsi_search.json")
-    parser.add_argument("--screen", action="store_true", help="run the screen stage after the arms")
     args = parser.parse_args()
-    work, output = pathlib.Path(args.work_dir), pathlib.Path(args.output)
-    results = json.loads(output.read_text()) if output.exists() else {}
-    results.update({"split": "dev", "task": TASK, "base_gin": BASE_GIN, "arms": results.get("arms", {})})
-    run_lsi(work / "pool", ["sample"], ())
-    run_lsi(work / "base", ["eval"], DEV_EVAL, ("--eval_model=base", "--eval_tag=dev"))
+    work, output = pathlib.Path(args.work_dir) / args.setting, pathlib.Path(args.output)
+    results = json.loads(output.read_text()) if output.exists() else {"split": "dev", "task": TASK,
+                                                                       "base_gin": BASE_GIN, "settings": {}}
+    entry = results["settings"].setdefault(args.setting, {"task_kwargs": task_kwargs(args.setting), "arms": {}})
+    run_lsi(work / "pool", ["sample"], (), setting=args.setting)
+    run_lsi(work / "base", ["eval"], DEV_EVAL, ("--eval_model=base", "--eval_tag=dev"), args.setting)
     base = dev_correct(work / "base" / "eval" / "dev")
-    results["base"] = {name: metrics.accuracy(values).as_dict() for name, values in base.items()}
+    entry["base"] = {name: metrics.accuracy(values).as_dict() for name, values in base.items()}
     for name in [a for a in args.arms.split(",") if a]:
-        arm = run_arm(work, name)
+        arm = run_arm(work, name, args.setting)
         arm["dev"] = compare(base, dev_correct(work / "arms" / name / "eval" / "dev"))
-        results["arms"][name] = arm
+        entry["arms"][name] = arm
         write_json_atomic(output, results)
         print(json.dumps({name: {k: round(v["difference"], 4) for k, v in arm["dev"].items()}}), flush=True)
-    if args.screen:
-        run_lsi(work / "screen", ["screen"], ())
-        results["screen"] = json.loads((work / "screen" / "screen" / "results.json").read_text())
     write_json_atomic(output, results)
 
 

@@ -38,6 +38,12 @@ log = logging.getLogger(__name__)
 BATCH_AXES = ("batch", "length")
 
 
+def global_norm(tree: Any) -> jax.Array:
+    """The L2 norm of all leaves together (float32 []); written out because optax 0.2.3, which setup.py allows, has
+    no `optax.tree`, and later ones deprecate `optax.global_norm`."""
+    return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree)))
+
+
 class NonFiniteLossError(FloatingPointError):
     """The loss or gradient norm became NaN/inf; training stopped without checkpointing the bad state."""
 
@@ -179,7 +185,7 @@ def _compiled_step(model_cfg: TransformerConfig, opt_cfg: OptimizerConfig, num_m
             "loss": loss_sum / denom,
             "accuracy": correct / denom,
             "target_tokens": count,
-            "grad_norm": optax.tree.norm(grads),
+            "grad_norm": global_norm(grads),
             "learning_rate": jnp.asarray(schedule(state.step), jnp.float32),
         }
         new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state,
