@@ -172,7 +172,7 @@ def claim(directory: str | os.PathLike, lineage: Lineage, restart: bool = False,
     return "new"
 
 
-TEMPORARY_PATTERNS = (".*.tmp", "*.orbax-checkpoint-tmp*")  # io_utils' atomic writes; Orbax's unfinished saves
+TEMPORARY_PATTERNS = ("*.tmp", "*.orbax-checkpoint-tmp*")  # lsi's atomic writes; Orbax's unfinished saves
 
 
 def remove_temporary_files(directory: pathlib.Path) -> list[pathlib.Path]:

@@ -426,13 +426,15 @@ def run_train(experiment: Experiment, round_index: int) -> dict[str, Any]:
     vocab = experiment.vocabulary(start)
     prompter = experiment.prompter(start)
     train_dir = experiment.round_dir(round_index) / "train"
-    data_name, formats = _train_data(experiment, round_index, vocab)
-    with _guarded(experiment, train_dir, train_lineage(formats, start, prompter, experiment.train)):
+    data_name, _ = _train_data(experiment, round_index, vocab)
+    by_task = {name: experiment.stage_dir(round_index, name, "formats") for name in experiment.training_tasks}
+    with _guarded(experiment, train_dir, train_lineage(by_task, start, prompter, experiment.train)):
         previous = _read_json(train_dir / "manifest.json")
         result = finetune(experiment.train, start, data_name, train_dir, vocab,
                           mesh=partitioning.make_mesh(experiment.mesh), stop_ids=prompter.eos_ids)
         # A rerun of a finished round trains nothing: it keeps the metrics of the run that trained.
-        result["final_metrics"] = result["final_metrics"] or previous.get("final_metrics")
+        result["final_metrics"] = (result["final_metrics"] or previous.get("final_metrics")
+                                   or _last_logged_metrics(train_dir))
         if _is_writer():
             write_json_atomic(train_dir / "manifest.json", {
                 "stage": "train", "config": json.loads(json.dumps(dataclasses.asdict(experiment.train), default=str)),
@@ -440,6 +442,17 @@ def run_train(experiment: Experiment, round_index: int) -> dict[str, Any]:
                 "counts": {"steps": result["steps"], "data": result["data"]}, "final_metrics": result["final_metrics"]})
             seal(train_dir, ["hf"])
     return result
+
+
+def _last_logged_metrics(train_dir: pathlib.Path) -> dict[str, Any] | None:
+    """The last record of metrics.jsonl: the final metrics of a run killed after its last step was logged."""
+    path = train_dir / "metrics.jsonl"
+    for line in reversed(path.read_text().splitlines() if path.exists() else []):
+        try:
+            return json.loads(line)
+        except json.JSONDecodeError:  # a line cut short by a kill mid-append
+            continue
+    return None
 
 
 def _read_json(path: pathlib.Path) -> dict[str, Any]:

@@ -361,12 +361,18 @@ def before_after_rows(evals: Sequence[EvalRun]) -> tuple[list[str], list[list[st
 
 def format_before_after(run_dir: str | os.PathLike) -> str:
     """The console table of `make demo`: accuracy before and after self-improvement per task and mode, each with its
-    95% Wilson interval and N."""
+    95% Wilson interval and N, then the paired change per mode."""
     evals = load_evals(pathlib.Path(run_dir))
     if not evals:
         return f"No evaluation in {run_dir}/eval yet."
     header, rows = before_after_rows(evals)
-    return "Accuracy, 95% Wilson interval, N questions\n" + text_table(header, rows)
+    text = "Accuracy, 95% Wilson interval, N questions\n" + text_table(header, rows)
+    before, after = before_after_tags(evals)
+    changes = paired_changes(evals, before, after) if before and after else []
+    if changes:
+        text += ("\n\nChange, after - before on the same questions: Newcombe 95% interval, McNemar exact p\n"
+                 + text_table(["task", "mode", "change"], [[t, m, str(c)] for t, m, c in changes]))
+    return text
 
 
 def _flatten(counts: dict, prefix: str = "") -> dict[str, Any]:

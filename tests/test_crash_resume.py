@@ -39,7 +39,8 @@ def answering_model(tmp_path_factory):
 @pytest.fixture(scope="module")
 def reference(answering_model, tmp_path_factory):
     """The stages run one by one, uninterrupted: (run_dir, {stage: seconds from its lock appearing to exit})."""
-    run_dir = tmp_path_factory.mktemp("reference")
+    # Every run folder is called "run": the SeqIO task of a run's formatted data is named after its folder.
+    run_dir = tmp_path_factory.mktemp("reference") / "run"
     windows = {}
     for stage, (outputs, _, extra) in STAGES.items():
         windows[stage] = _work_window(command(run_dir, answering_model, stage, extra=extra), run_dir / outputs[0])
@@ -88,7 +89,7 @@ def test_a_stage_killed_at_random_moments_resumes_to_the_uninterrupted_files(sta
     outputs, upstream, extra = STAGES[stage]
     rng = random.Random(f"kill {stage}")
     for kill in range(KILLS_PER_STAGE):
-        run_dir = tmp_path / f"kill_{kill}"
+        run_dir = tmp_path / f"kill_{kill}" / "run"
         _copy_upstream(reference_dir, run_dir, upstream)
         cmd = command(run_dir, answering_model, stage, extra=extra)
         # Up to 80% of the window: late enough to hit the writes, early enough to land before the exit.
@@ -101,13 +102,13 @@ def test_a_stage_killed_at_random_moments_resumes_to_the_uninterrupted_files(sta
 
 
 def test_self_improve_killed_at_random_moments_resumes_to_the_uninterrupted_files(answering_model, tmp_path):
-    reference_dir = tmp_path / "uninterrupted"
+    reference_dir = tmp_path / "uninterrupted" / "run"
     start = time.monotonic()
     run(command(reference_dir, answering_model))
     duration = time.monotonic() - start
     rng = random.Random("kill self_improve")
     for kill in range(KILLS_PER_STAGE):
-        run_dir = tmp_path / f"kill_{kill}"
+        run_dir = tmp_path / f"kill_{kill}" / "run"
         cmd = command(run_dir, answering_model)
         process = subprocess.Popen(cmd, cwd=REPO, env=environment(), stdout=subprocess.DEVNULL,
                                    stderr=subprocess.DEVNULL)
@@ -125,7 +126,7 @@ def test_self_improve_killed_at_random_moments_resumes_to_the_uninterrupted_file
 def test_two_processes_on_one_stage_give_one_runs_files(reference, answering_model, tmp_path):
     reference_dir, _ = reference
     outputs, upstream, extra = STAGES["train"]
-    run_dir = tmp_path / "shared"
+    run_dir = tmp_path / "shared" / "run"
     _copy_upstream(reference_dir, run_dir, upstream)
     cmd = command(run_dir, answering_model, "train", extra=extra)
     first = subprocess.Popen(cmd, cwd=REPO, env=environment(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

@@ -68,9 +68,16 @@ def test_format_before_after_lists_each_mode_with_intervals(full_run):
     text = report.format_before_after(full_run)
     lines = text.splitlines()
     assert "before (base)" in lines[1] and "after (round_1)" in lines[1]
-    standard = next(line for line in lines if " standard " in line)
+    table, changes = text.split("\n\n")
+    standard = next(line for line in table.splitlines() if " standard " in line)
     assert "30.0% [10.8, 60.3] (n=10)" in standard and "60.0% [31.3, 83.2] (n=10)" in standard
-    assert len([line for line in lines if line.startswith("toy_sums")]) == 3
+    assert len([line for line in table.splitlines() if line.startswith("toy_sums")]) == 3
+    # Then the paired change per mode, as the report computes it.
+    assert changes.startswith("Change, after - before on the same questions: Newcombe 95% interval, McNemar exact p")
+    expected = {mode: str(change) for _, mode, change in report.paired_changes(
+        report.load_evals(full_run), "base", "round_1")}
+    assert len(expected) == 3 and all(any(line.endswith(c) and f" {m} " in line for line in changes.splitlines())
+                                      for m, c in expected.items())
 
 
 def test_malformed_train_metrics_line_names_file_and_line(full_run, tmp_path):

@@ -218,8 +218,7 @@ class _MetricsLog:
         if not self.enabled:
             return
         if self.path.exists():  # a resumed run rewrites what came after its checkpoint, as an uninterrupted run would
-            kept = [line for line in self.path.read_text().splitlines()
-                    if line.strip() and json.loads(line)["step"] <= start_step]
+            kept = [line for line in _complete_lines(self.path) if json.loads(line)["step"] <= start_step]
             tmp = self.path.with_name(self.path.name + ".tmp")
             tmp.write_text("".join(line + "\n" for line in kept))
             os.replace(tmp, self.path)
@@ -243,6 +242,17 @@ class _MetricsLog:
         if self.writer is not None:
             self.writer.flush()
             self.writer.close()
+
+
+def _complete_lines(path: pathlib.Path) -> list[str]:
+    """The JSON lines of an appended log; a last line cut short by a kill mid-append is dropped."""
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    if lines:
+        try:
+            json.loads(lines[-1])
+        except json.JSONDecodeError:
+            lines.pop()
+    return lines
 
 
 # --- the loop ---------------------------------------------------------------------------------------------------

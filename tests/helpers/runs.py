@@ -16,9 +16,12 @@ REPO = pathlib.Path(__file__).resolve().parents[2]
 # description, and Orbax's intermediate checkpoints (training state, not outputs; their metadata holds timestamps).
 TIMING_FIELDS = frozenset({
     "seconds", "time_utc", "since_utc", "last_run", "environment", "wall_s", "tokens_per_second", "tokens_per_s",
-    "prompts_per_s", "steps_per_s", "examples_per_s", "mfu", "step_seconds", "elapsed_s", "sampler",
+    "prompts_per_s", "steps_per_s", "examples_per_s", "slots_per_s", "mfu", "step_seconds", "elapsed_s", "sampler",
 })
-NOT_COMPARED = ("checkpoints/", "report/")  # report/: rendered from the compared files, with wall times in it
+# Compared through other files: checkpoints/ is training state (the export and metrics.jsonl are its outputs);
+# tensorboard/ holds metrics.jsonl's scalars with a wall time per record (and a pid in the file name); report/ is
+# rendered from the compared files with wall times in it.
+NOT_COMPARED = ("checkpoints/", "tensorboard/", "report/")
 
 
 def environment() -> dict[str, str]:
