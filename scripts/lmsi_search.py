@@ -133,9 +133,11 @@ def run_arm(work: pathlib.Path, name: str, setting: str) -> dict[str, Any]:
     run_dir = work / "arms" / name
     if not samples_dir(run_dir).exists():
         shutil.copytree(samples_dir(work / "pool"), samples_dir(run_dir))
-    if name.startswith("anti_oracle"):
-        cap = json.loads((work / "arms" / "paper" / "round_1" / TASK / "votes" / "manifest.json").read_text())
-        bindings = (*bindings, f"lsi.VoteStageConfig.max_total_paths = {cap['counts']['kept_paths']}")
+    if name.startswith("anti_oracle"):  # as many paths as the method's vote kept (any arm with the default vote)
+        voted = next(work / "arms" / arm / "round_1" / TASK / "votes" / "manifest.json" for arm in ("paper", "zero_shot")
+                     if (work / "arms" / arm / "round_1" / TASK / "votes" / "manifest.json").exists())
+        cap = json.loads(voted.read_text())["counts"]["kept_paths"]
+        bindings = (*bindings, f"lsi.VoteStageConfig.max_total_paths = {cap}")
     start = time.perf_counter()
     run_lsi(run_dir, ["vote", "format", "train"], bindings, setting=setting)
     run_lsi(run_dir, ["eval"], (*bindings, *DEV_EVAL), ("--eval_model=trained", "--eval_tag=dev"), setting)

@@ -13,8 +13,9 @@ from typing import Any
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
 # What differs between two runs of the same work, and nothing else: wall-clock times, speeds, the machine's
-# description, and Orbax's intermediate checkpoints (training state, not outputs; their metadata holds timestamps).
-TIMING_FIELDS = frozenset({
+# description, and the code version ("code": git commit and dirty flag, the same in CI, but a developer's commit or
+# edit while the test runs changes it).
+TIMING_FIELDS = frozenset({"code",
     "seconds", "time_utc", "since_utc", "last_run", "environment", "wall_s", "tokens_per_second", "tokens_per_s",
     "prompts_per_s", "steps_per_s", "examples_per_s", "slots_per_s", "mfu", "step_seconds", "elapsed_s", "sampler",
 })
@@ -95,6 +96,14 @@ def _without_timing(value: Any) -> Any:
     return value
 
 
+def _drop_hashes_of_timed_files(manifest: dict[str, Any]) -> None:
+    """A manifest's sha256 of a JSON output (eval's metrics.json) covers that file's timings; the file itself is
+    compared without them, so its hash is left out."""
+    for name, record in (manifest.get("outputs") or {}).items():
+        if name.endswith(".json") and isinstance(record, dict):
+            record.pop("sha256", None)
+
+
 def snapshot(directory: pathlib.Path, run_dir: pathlib.Path) -> dict[str, Any]:
     """Every file under `directory` (but NOT_COMPARED): JSON and JSONL parsed with TIMING_FIELDS removed, any other
     file as its bytes; the run folder's own path (which manifests record) reads as $RUN_DIR."""
@@ -107,6 +116,8 @@ def snapshot(directory: pathlib.Path, run_dir: pathlib.Path) -> dict[str, Any]:
             text = path.read_text().replace(str(run_dir), "$RUN_DIR")
         if path.suffix == ".json":
             files[name] = _without_timing(json.loads(text))
+            if path.name == "manifest.json":
+                _drop_hashes_of_timed_files(files[name])
         elif path.suffix == ".jsonl":
             files[name] = [_without_timing(json.loads(line)) for line in text.splitlines()]
         elif path.suffix == ".gin":
