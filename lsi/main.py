@@ -32,6 +32,7 @@ import json
 import logging
 import os
 import pathlib
+import re
 import time
 from typing import Any, Sequence
 
@@ -164,7 +165,9 @@ class Experiment:
         return self.model if round_index == 1 else str(self.trained_model(round_index - 1))
 
     def formatted_task_name(self, round_index: int, task: str) -> str:
-        return f"lsi_{self.path.name}_round{round_index}_{self.task_obj(task).name}"
+        # SeqIO task names allow only [\w.:#]: a run folder called "lr-3e-5" must not fail at the train stage.
+        name = f"lsi_{self.path.name}_round{round_index}_{self.task_obj(task).name}"
+        return re.sub(r"[^\w.:#]", "_", name)
 
     def base_task(self, name: str | None = None) -> Any:
         """The registered task called `name` (default: `task`), built once; `task_kwargs` apply to `task` only."""

@@ -41,6 +41,11 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "two_digit_add": {"operators": ("+",)},
     "three_one_digit_terms": {"min_terms": 3, "max_terms": 3, "max_digits": 1},
 }
+# The recipe every arm starts from (the quickstart's before it chose one), pinned so that a later change to the
+# quickstart does not move the arms; each arm's bindings come after and override it.
+RECIPE = ("lsi.FormatStageConfig.formats = 'all'", "lsi.OptimizerConfig.learning_rate = 1e-4",
+          "lsi.OptimizerConfig.name = 'adamw'", "lsi.TrainConfig.steps = 12", "lsi.OptimizerConfig.total_steps = 12",
+          "lsi.VoteStageConfig.min_vote_share = 0.0")
 DEV_EVAL = ("lsi.EvalConfig.split = 'dev'", "lsi.EvalConfig.modes = ('cot_greedy', 'zero_shot_cot')")
 STEPS_12 = ("lsi.TrainConfig.steps = 12", "lsi.OptimizerConfig.total_steps = 12")
 
@@ -62,7 +67,9 @@ ARMS: dict[str, tuple[str, tuple[str, ...]]] = {
     "zero_shot_adafactor": ("zero-shot formats, Adafactor at 1e-3",
                             ("lsi.FormatStageConfig.formats = 'zero_shot'", "lsi.OptimizerConfig.name = 'adafactor'",
                              "lsi.OptimizerConfig.learning_rate = 1e-3")),
-    "zero_shot_lr3e-4": ("zero-shot formats, AdamW at 3e-4",
+    "zero_shot_lr3e_5": ("zero-shot formats, AdamW at 3e-5",
+                         ("lsi.FormatStageConfig.formats = 'zero_shot'", "lsi.OptimizerConfig.learning_rate = 3e-5")),
+    "zero_shot_lr3e_4": ("zero-shot formats, AdamW at 3e-4",
                          ("lsi.FormatStageConfig.formats = 'zero_shot'", "lsi.OptimizerConfig.learning_rate = 3e-4")),
     "oracle": ("control: paths matching the hidden gold, four formats", ("lsi.VoteStageConfig.label_source = 'oracle'",)),
     "anti_oracle": ("control: wrong paths only, as many as the vote kept, four formats",
@@ -85,7 +92,7 @@ def run_lsi(run_dir: pathlib.Path, stages: list[str], bindings: tuple[str, ...],
     command = [sys.executable, "-m", "lsi.main", f"--gin_file={BASE_GIN}",
                f"--gin_param=lsi.Experiment.run_dir = '{run_dir}'",
                f"--gin_param=lsi.Experiment.task_kwargs = {task_kwargs(setting)!r}",
-               *(f"--gin_param={b}" for b in bindings),
+               *(f"--gin_param={b}" for b in (*RECIPE, *bindings)),
                *(f"--stage={s}" for s in stages), *extra]
     print("$", " ".join(command), flush=True)
     subprocess.run(command, check=True)

@@ -296,3 +296,11 @@ def test_generated_exemplars_without_the_stage_is_a_clear_error(tmp_path):
     parse_gin([], [f"lsi.Experiment.run_dir = '{tmp_path}'", "lsi.Experiment.generated_exemplars = True"])
     with pytest.raises(FileNotFoundError, match="run --stage=exemplars first"):
         Experiment().task_obj()
+
+
+def test_formatted_task_names_are_valid_seqio_names_whatever_the_run_folder():
+    import re
+
+    name = Experiment(run_dir="runs/lr-3e-5 (try 2)").formatted_task_name(1, "arithmetic")
+    assert name == "lsi_lr_3e_5__try_2__round1_arithmetic"
+    assert re.fullmatch(r"[\w\d\.\:_#]+", name)  # the pattern seqio.Task enforces on its names
