@@ -110,10 +110,13 @@ def seal(directory: pathlib.Path, outputs: Iterable[str] | None = None) -> dict[
 def guarded(directory: pathlib.Path, lineage: Lineage, restart: Restart = Restart(), writer: bool = True,
             wait_for_all_processes: Any = None) -> Iterator[str]:
     """Runs a stage's block with its directory locked and claimed for `lineage`; yields "new" or "same". Only the
-    `writer` process (process 0) locks and claims; the others wait for it before they write."""
+    `writer` process (process 0) locks and claims; the others wait for it before they write, and every process waits
+    at the end until the writer has sealed the output."""
     with stage_lock(directory, lineage.stage) if writer else contextlib.nullcontext():
         state = lineage_lib.claim(directory, lineage, restart.force(lineage.stage),
                                   restart.replace_changed(lineage.stage)) if writer else "same"
         if wait_for_all_processes is not None:
             wait_for_all_processes()
         yield state
+        if wait_for_all_processes is not None:  # the next stage reads what the writer just sealed
+            wait_for_all_processes()

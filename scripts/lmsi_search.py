@@ -13,6 +13,7 @@ the base model on the same questions (Newcombe interval, exact McNemar p). Contr
 
     XLA_FLAGS= python scripts/lmsi_search.py --setting two_digit_add --arms paper,zero_shot,no_op,oracle
     # ~10 min for the pool's samples and the base model's dev eval, then ~8 min an arm on 2 cores
+    python scripts/lmsi_search.py --screens two_digit_add=runs/lmsi_search/probe_add   # record a screen's cells
 
 Arms run as separate `lsi.main` processes and keep complete stages, so a rerun resumes; the JSON is rewritten after
 each arm.
@@ -160,10 +161,20 @@ def main() -> None:
     parser.add_argument("--arms", default="paper,zero_shot,no_op,oracle,anti_oracle")
     parser.add_argument("--work_dir", default="runs/lmsi_search")
     parser.add_argument("--output", default="benchmarks/results/lmsi_search.json")
+    parser.add_argument("--screens", nargs="*", default=[], metavar="SETTING=RUN_DIR",
+                        help="copy a screen stage's results (RUN_DIR/screen/results.json) in under screen/SETTING, "
+                             "then exit")
     args = parser.parse_args()
     work, output = pathlib.Path(args.work_dir) / args.setting, pathlib.Path(args.output)
     results = json.loads(output.read_text()) if output.exists() else {"split": "dev", "task": TASK,
                                                                        "base_gin": BASE_GIN, "settings": {}}
+    if args.screens:
+        for item in args.screens:
+            setting, run_dir = item.split("=", 1)
+            results.setdefault("screen", {})[setting] = {
+                "run_dir": run_dir, **json.loads((pathlib.Path(run_dir) / "screen" / "results.json").read_text())}
+        write_json_atomic(output, results)
+        return
     entry = results["settings"].setdefault(args.setting, {"task_kwargs": task_kwargs(args.setting), "arms": {}})
     run_lsi(work / "pool", ["sample"], (), setting=args.setting)
     run_lsi(work / "base", ["eval"], DEV_EVAL, ("--eval_model=base", "--eval_tag=dev"), args.setting)

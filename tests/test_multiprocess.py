@@ -14,6 +14,7 @@ import pytest
 
 from helpers.toy import save_tiny_checkpoint
 from lsi.checkpoints import load_checkpoint
+from lsi.stage_lineage import seal
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -83,6 +84,7 @@ def _write_pseudo_labels(run_dir: pathlib.Path) -> None:
                "paths": [{"sample_index": 0, "text": f" {i} + 1 = {i + 1}. The answer is {i + 1}."}]}
               for i in range(3)]
     (votes / "pseudo_labels.jsonl").write_text("".join(json.dumps(r) + "\n" for r in labels))
+    seal(votes, ["pseudo_labels.jsonl"])  # recorded as the vote stage's output, so the format stage accepts it
 
 
 def test_two_processes_sample_and_train_like_one(tiny_checkpoint, tmp_path):

@@ -7,6 +7,7 @@ import gin
 import pytest
 
 from helpers.scripted_lm import ScriptedLM
+from lsi.lineage import LineageError
 from lsi.main import Experiment, parse_gin, run_stage
 from lsi.screen import ScreenConfig, pseudo_label_quality
 from lsi.vocab import load_vocabulary
@@ -68,7 +69,11 @@ def test_screen_writes_every_cell_from_the_dev_split_only_and_resumes(tmp_path, 
     assert (tmp_path / "screen" / "sc_minus_greedy.png").stat().st_size > 0
     # A rerun keeps every complete cell.
     monkeypatch.setattr("lsi.evaluation.BatchSampler.run", lambda *a, **k: pytest.fail("re-sampled a done cell"))
-    assert run_stage(Experiment(), "screen")["cells"] == results["cells"]
+    assert run_stage(experiment, "screen")["cells"] == results["cells"]
+    # Other dev questions (here: the task's own gold, not the patched one) are refused, not mixed with the cells.
+    with pytest.raises(LineageError, match=r"t0.3 holds the screen stage's output of another config or other inputs:"
+                                           r"\n  inputs.questions"):
+        run_stage(Experiment(), "screen")
 
 
 def test_pseudo_label_quality_counts_kept_questions_and_paths():
