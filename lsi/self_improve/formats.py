@@ -150,7 +150,10 @@ def register_formatted_task(name: str, output_dir: str | os.PathLike, vocabulary
     from lsi.vocab import prepend_bos_preprocessor  # noqa: PLC0415
 
     output_dir = pathlib.Path(output_dir)
-    if not list(output_dir.glob("examples-*.tfrecord")):
+    # The shards as they are now, listed, not a glob: SeqIO caches what a pattern matched, so a task re-registered
+    # after a format restart (other shard count, same process) would read the old names.
+    shards = sorted(str(path) for path in output_dir.glob("examples-*.tfrecord"))
+    if not shards:
         raise FileNotFoundError(f"{output_dir} has no examples-*.tfrecord shards: run the format stage first.")
     if prompt_style is None:
         manifest_path = output_dir / "manifest.json"
@@ -163,7 +166,7 @@ def register_formatted_task(name: str, output_dir: str | os.PathLike, vocabulary
     seqio.TaskRegistry.add(
         name,
         source=seqio.TFExampleDataSource(
-            split_to_filepattern={"train": str(output_dir / "examples-*.tfrecord")},
+            split_to_filepattern={"train": shards},
             feature_description={"inputs": tf.io.FixedLenFeature([], tf.string),
                                  "targets": tf.io.FixedLenFeature([], tf.string)},
         ),
