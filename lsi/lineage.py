@@ -25,6 +25,7 @@ import subprocess
 from typing import Any, Iterable, Mapping
 
 from lsi.io_utils import write_json_atomic
+from lsi.self_improve.manifest import file_sha256, package_versions
 
 LINEAGE_FILE = "lineage.json"
 MANIFEST_FILE = "manifest.json"
@@ -46,11 +47,7 @@ def fingerprint_json(value: Any) -> str:
 @functools.lru_cache(maxsize=64)
 def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
     del size, mtime_ns  # cache keys: a rewritten file is hashed again
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return file_sha256(path)
 
 
 def fingerprint_file(path: str | os.PathLike) -> str:
@@ -91,8 +88,6 @@ def fingerprint_exemplars(task: Any) -> str:
 @functools.lru_cache(maxsize=1)
 def code_version() -> dict[str, Any]:
     """lsi's version and, in a git checkout, its commit and whether the tree had uncommitted changes."""
-    from lsi.self_improve.manifest import package_versions  # noqa: PLC0415
-
     root = pathlib.Path(__file__).resolve().parents[1]
     version: dict[str, Any] = {"lsi": package_versions(("lsi",))["lsi"], "git_commit": None, "git_dirty": None}
     try:

@@ -449,13 +449,11 @@ def run_train(experiment: Experiment, round_index: int) -> dict[str, Any]:
 
 def _last_logged_metrics(train_dir: pathlib.Path) -> dict[str, Any] | None:
     """The last record of metrics.jsonl: the final metrics of a run killed after its last step was logged."""
+    from lsi.training.trainer import complete_lines  # noqa: PLC0415
+
     path = train_dir / "metrics.jsonl"
-    for line in reversed(path.read_text().splitlines() if path.exists() else []):
-        try:
-            return json.loads(line)
-        except json.JSONDecodeError:  # a line cut short by a kill mid-append
-            continue
-    return None
+    lines = complete_lines(path) if path.exists() else []
+    return json.loads(lines[-1]) if lines else None
 
 
 def _read_json(path: pathlib.Path) -> dict[str, Any]:

@@ -218,7 +218,7 @@ class _MetricsLog:
         if not self.enabled:
             return
         if self.path.exists():  # a resumed run rewrites what came after its checkpoint, as an uninterrupted run would
-            kept = [line for line in _complete_lines(self.path) if json.loads(line)["step"] <= start_step]
+            kept = [line for line in complete_lines(self.path) if json.loads(line)["step"] <= start_step]
             tmp = self.path.with_name(self.path.name + ".tmp")
             tmp.write_text("".join(line + "\n" for line in kept))
             os.replace(tmp, self.path)
@@ -244,8 +244,8 @@ class _MetricsLog:
             self.writer.close()
 
 
-def _complete_lines(path: pathlib.Path) -> list[str]:
-    """The JSON lines of an appended log; a last line cut short by a kill mid-append is dropped."""
+def complete_lines(path: pathlib.Path) -> list[str]:
+    """The JSON lines of an appended log (metrics.jsonl); a last line cut short by a kill mid-append is dropped."""
     lines = [line for line in path.read_text().splitlines() if line.strip()]
     if lines:
         try:
