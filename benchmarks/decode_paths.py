@@ -49,7 +49,8 @@ def measure(name: str, prompt_length: int, num_samples: int, new_tokens: int, re
     """Both paths on one model: 4 prompts of up to `prompt_length` tokens, `num_samples` samples of `new_tokens`."""
     import jax.numpy as jnp  # noqa: PLC0415
 
-    from lsi.decoding import SamplerSpec, Temperature, TransformerLM, make_sampler  # noqa: PLC0415
+    from lsi.decoding import SamplerSpec, TransformerLM, make_sampler  # noqa: PLC0415
+    from lsi.sampling_methods import Temperature  # noqa: PLC0415
 
     cfg, params = load_model(name)
     rng = np.random.default_rng(0)

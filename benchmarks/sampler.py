@@ -224,7 +224,8 @@ def compile_sampler(cfg: Any, params: Any, prompts: Sequence[Sequence[int]], num
     import jax  # noqa: PLC0415
     import jax.numpy as jnp  # noqa: PLC0415
 
-    from lsi.decoding import SamplerSpec, Temperature, TransformerLM, bucket_length, make_sampler  # noqa: PLC0415
+    from lsi.decoding import SamplerSpec, TransformerLM, bucket_length, make_sampler  # noqa: PLC0415
+    from lsi.sampling_methods import Temperature  # noqa: PLC0415
 
     tokens, lengths = pad_right(prompts, bucket_length(max(len(p) for p in prompts)))
     spec = SamplerSpec(num_samples=num_samples, max_new_tokens=max_new_tokens,
@@ -301,7 +302,8 @@ def our_breakdown(cfg: Any, params: Any, workload: Workload, total_s: float) -> 
     import jax  # noqa: PLC0415
     import jax.numpy as jnp  # noqa: PLC0415
 
-    from lsi.decoding import Temperature, TransformerLM, choose_tokens, sample_keys  # noqa: PLC0415
+    from lsi.decoding import TransformerLM, choose_tokens, sample_keys  # noqa: PLC0415
+    from lsi.sampling_methods import Temperature  # noqa: PLC0415
 
     prefill, args, compile_s = compile_sampler(cfg, params, workload.prompts, workload.num_samples, 1,
                                                workload.temperature, workload.top_k, workload.seed)

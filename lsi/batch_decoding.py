@@ -19,8 +19,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from lsi import partitioning
-from lsi.decoding import FINISH_EOS, FINISH_REASONS, FINISH_STOP, LanguageModel, SamplerSpec, SamplingMethod
-from lsi.decoding import Temperature, bucket_length, make_sampler
+from lsi.decoding import FINISH_EOS, FINISH_REASONS, FINISH_STOP, LanguageModel, SamplerSpec, bucket_length, make_sampler
+from lsi.sampling_methods import SamplingMethod, Temperature
 from lsi.vocab import encode_model_input
 
 

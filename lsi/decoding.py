@@ -6,7 +6,8 @@ samples of one long prompt grows with m only by the generated part. Sample j of 
 from `fold_in(fold_in(fold_in(seed, i), j), step)`, so its tokens do not depend on which other prompts share the
 batch, on padding, or on how the batch is sharded.
 
-Text-level work (decoding ids, cutting at stop strings) happens on the host in `lsi.sampling_driver`.
+How a token is picked is a `SamplingMethod` (`lsi.sampling_methods`). Text-level work (decoding ids, cutting at
+stop strings) happens on the host in `lsi.batch_decoding`.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from lsi.models.configs import TransformerConfig
 from lsi.models.transformer import (DecodeCache, LayerwiseDecodeCache, Transformer, decode_layerwise,
                                     init_decode_cache, layerwise_cache, split_layers)
 from lsi.partitioning import activation_sharding, constrain
+from lsi.sampling_methods import Greedy, SamplingMethod, Temperature
 
 Array = jax.Array
 
@@ -31,32 +33,6 @@ FINISH_MAX_LENGTH = 0
 FINISH_EOS = 1
 FINISH_STOP = 2
 FINISH_REASONS = {FINISH_MAX_LENGTH: "max_length", FINISH_EOS: "eos", FINISH_STOP: "stop"}
-
-
-@dataclasses.dataclass(frozen=True)
-class Greedy:
-    """Exact argmax decoding (not a low temperature); every sample of a prompt is the same."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Temperature:
-    """Sampling from softmax(logits / temperature), optionally restricted to the top-k tokens and then to the
-    smallest set whose probability reaches top_p (HF's order: temperature, top-k, top-p)."""
-
-    temperature: float = 0.7
-    top_k: int | None = None
-    top_p: float | None = None
-
-    def __post_init__(self) -> None:
-        if not self.temperature > 0:
-            raise ValueError(f"temperature must be > 0 (use Greedy() for argmax), got {self.temperature}.")
-        if self.top_k is not None and self.top_k < 1:
-            raise ValueError(f"top_k must be >= 1 or None, got {self.top_k}.")
-        if self.top_p is not None and not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}.")
-
-
-SamplingMethod = Greedy | Temperature
 
 
 @flax.struct.dataclass
@@ -151,60 +127,19 @@ def sample_keys(seed: int | Array, example_ids: Array, num_samples: int, argmax_
     return jax.vmap(lambda key: jax.vmap(lambda j: jax.random.fold_in(key, j))(drawn_index))(per_example)
 
 
-def _top_p_threshold(descending: Array, top_p: float) -> Array:
-    """The smallest logit kept by nucleus filtering. descending: [..., n] logits sorted high to low -> [..., 1]."""
-    probs = jax.nn.softmax(descending, axis=-1)
-    mass_before = jnp.cumsum(probs, axis=-1) - probs
-    keep = mass_before < top_p  # the most likely token is always kept
-    return jnp.min(jnp.where(keep, descending, jnp.inf), axis=-1, keepdims=True)
-
-
-def masked_logits(logits: Array, method: Temperature) -> Array:
-    """Temperature-scaled logits with tokens outside top-k / top-p set to -inf. logits: [..., vocab] float32.
-
-    The reference definition of what `choose_tokens` samples from (tests compare frequencies against it).
-    """
-    scaled = logits / method.temperature
-    neg_inf = jnp.asarray(-jnp.inf, scaled.dtype)
-    vocab = scaled.shape[-1]
-    if method.top_k is not None and method.top_k < vocab:
-        kth = jax.lax.top_k(scaled, method.top_k)[0][..., -1:]  # [..., 1]
-        scaled = jnp.where(scaled < kth, neg_inf, scaled)
-    if method.top_p is not None and method.top_p < 1.0:
-        descending = -jnp.sort(-scaled, axis=-1)
-        scaled = jnp.where(scaled < _top_p_threshold(descending, method.top_p), neg_inf, scaled)
-    return scaled
-
-
 def choose_tokens(logits: Array, keys: Array, method: SamplingMethod, argmax_samples: int = 0) -> Array:
     """logits [batch, samples, vocab], keys [batch, samples, 2] -> tokens [batch, samples] int32.
 
     The first `argmax_samples` samples of every prompt take the argmax whatever the method (greedy decoding that
-    shares a batch, and its prefill, with sampled paths).
-    With top-k the draw happens among the k best tokens only: the same distribution as masking the vocabulary,
-    but k random numbers per sample instead of vocab-many (the dominant cost of a CPU decode step otherwise).
+    shares a batch, and its prefill, with sampled paths); the others are `method.choose`.
     """
     if isinstance(method, Greedy) or argmax_samples >= logits.shape[1]:
-        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+        return Greedy().choose(logits, keys)
     if argmax_samples:
-        greedy = jnp.argmax(logits[:, :argmax_samples], axis=-1).astype(jnp.int32)
-        drawn = choose_tokens(logits[:, argmax_samples:], keys[:, argmax_samples:], method)
+        greedy = Greedy().choose(logits[:, :argmax_samples], keys[:, :argmax_samples])
+        drawn = method.choose(logits[:, argmax_samples:], keys[:, argmax_samples:])
         return jnp.concatenate([greedy, drawn], axis=1)
-    scaled = logits / method.temperature
-    vocab = scaled.shape[-1]
-    if method.top_k is not None and method.top_k < vocab:
-        candidates, candidate_ids = jax.lax.top_k(scaled, method.top_k)  # [batch, samples, k], descending
-    else:
-        candidates, candidate_ids = scaled, None
-    if method.top_p is not None and method.top_p < 1.0:
-        descending = candidates if candidate_ids is not None else -jnp.sort(-candidates, axis=-1)
-        threshold = _top_p_threshold(descending, method.top_p)
-        candidates = jnp.where(candidates < threshold, -jnp.inf, candidates)
-    draw = lambda key, row: jax.random.categorical(key, row)  # noqa: E731
-    choice = jax.vmap(jax.vmap(draw))(keys, candidates)  # [batch, samples]
-    if candidate_ids is not None:
-        choice = jnp.take_along_axis(candidate_ids, choice[..., None], axis=-1)[..., 0]
-    return choice.astype(jnp.int32)
+    return method.choose(logits, keys)
 
 
 def _stop_table(stop_sequences: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
@@ -243,6 +178,42 @@ class _LoopState:
     finish_reason: Array  # [batch, samples]
     cache: Any
 
+    @classmethod
+    def start(cls, shape: tuple[int, int], max_new_tokens: int, pad_id: int, cache: Any) -> "_LoopState":
+        return cls(step=jnp.zeros((), jnp.int32), tokens=jnp.full((*shape, max_new_tokens), pad_id, jnp.int32),
+                   log_probs=jnp.zeros((*shape, max_new_tokens), jnp.float32), done=jnp.zeros(shape, bool),
+                   lengths=jnp.zeros(shape, jnp.int32), finish_reason=jnp.full(shape, FINISH_MAX_LENGTH, jnp.int32),
+                   cache=cache)
+
+
+@dataclasses.dataclass(frozen=True)
+class _TokenChoice:
+    """How each step picks its tokens and decides which samples are done (static within one sampler trace)."""
+
+    keys: Array  # [batch, samples, 2] per-sample PRNG keys, folded with the step
+    method: SamplingMethod
+    argmax_samples: int
+    eos: Array  # [num_eos] int32
+    stop_table: Array  # [num_stops, width] right-aligned, -1 = wildcard
+    stop_lengths: Array  # [num_stops]
+    pad_id: int
+
+    def __call__(self, state: _LoopState, logits: Array, step: Array) -> _LoopState:
+        """Picks token `step` for every sample from logits [batch, samples, vocab] and updates the stop flags."""
+        logits = constrain(logits, ("batch", "samples", "vocab"))
+        step_keys = jax.vmap(jax.vmap(lambda k: jax.random.fold_in(k, step)))(self.keys)
+        token = choose_tokens(logits, step_keys, self.method, self.argmax_samples)
+        log_prob = jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), token[..., None], axis=-1)[..., 0]
+        token = jnp.where(state.done, self.pad_id, token)
+        tokens = state.tokens.at[:, :, step].set(token)
+        log_probs = state.log_probs.at[:, :, step].set(jnp.where(state.done, 0.0, log_prob))
+        hit_eos = jnp.any(token[..., None] == self.eos, axis=-1) & ~state.done
+        hit_stop = _ends_with_stop(tokens, step, self.stop_table, self.stop_lengths) & ~state.done & ~hit_eos
+        reason = jnp.where(hit_eos, FINISH_EOS, jnp.where(hit_stop, FINISH_STOP, state.finish_reason))
+        lengths = jnp.where(state.done, state.lengths, step + 1)
+        return state.replace(step=step, tokens=tokens, log_probs=log_probs, done=state.done | hit_eos | hit_stop,
+                             lengths=lengths, finish_reason=reason)
+
 
 def temperature_sample(
     lm: LanguageModel,
@@ -273,49 +244,19 @@ def temperature_sample(
         raise ValueError(f"num_samples must be >= 1, got {num_samples}.")
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}.")
+    if not 0 <= argmax_samples <= num_samples:
+        raise ValueError(f"argmax_samples must be in [0, num_samples={num_samples}], got {argmax_samples}.")
     batch = prompt_tokens.shape[0]
     shape = (batch, num_samples)
     table, stop_lengths = (jnp.asarray(a) for a in _stop_table(stop_sequences))
-    eos = jnp.asarray(np.asarray(eos_ids, np.int32).reshape(-1))
-    if not 0 <= argmax_samples <= num_samples:
-        raise ValueError(f"argmax_samples must be in [0, num_samples={num_samples}], got {argmax_samples}.")
-    keys = sample_keys(seed, example_ids, num_samples, argmax_samples)  # [batch, samples, 2]
-
-    def step_keys(step: Array) -> Array:
-        return jax.vmap(jax.vmap(lambda k: jax.random.fold_in(k, step)))(keys)
-
-    def choose(state: _LoopState, logits: Array, step: Array) -> _LoopState:
-        """Picks token `step` for every sample from logits [batch, samples, vocab] and updates stop flags."""
-        logits = constrain(logits, ("batch", "samples", "vocab"))
-        token = choose_tokens(logits, step_keys(step), method, argmax_samples)
-        log_prob = jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), token[..., None], axis=-1)[..., 0]
-        token = jnp.where(state.done, pad_id, token)
-        tokens = state.tokens.at[:, :, step].set(token)
-        log_probs = state.log_probs.at[:, :, step].set(jnp.where(state.done, 0.0, log_prob))
-        hit_eos = jnp.any(token[..., None] == eos, axis=-1) & ~state.done
-        hit_stop = _ends_with_stop(tokens, step, table, stop_lengths) & ~state.done & ~hit_eos
-        reason = jnp.where(hit_eos, FINISH_EOS, jnp.where(hit_stop, FINISH_STOP, state.finish_reason))
-        lengths = jnp.where(state.done, state.lengths, step + 1)
-        return state.replace(step=step, tokens=tokens, log_probs=log_probs, done=state.done | hit_eos | hit_stop,
-                             lengths=lengths, finish_reason=reason)
-
-    if context_tokens is None:
-        first_logits, cache = lm.prefill(params, prompt_tokens, prompt_lengths, num_samples, max_new_tokens)
-        offset = 0
-    else:
-        first_logits, cache = lm.prefill(params, prompt_tokens, prompt_lengths, num_samples, max_new_tokens,
-                                         context_tokens=context_tokens)
-        offset = context_tokens.shape[0]
+    choose = _TokenChoice(keys=sample_keys(seed, example_ids, num_samples, argmax_samples), method=method,
+                          argmax_samples=argmax_samples, eos=jnp.asarray(np.asarray(eos_ids, np.int32).reshape(-1)),
+                          stop_table=table, stop_lengths=stop_lengths, pad_id=pad_id)
+    context = {} if context_tokens is None else {"context_tokens": context_tokens}
+    first_logits, cache = lm.prefill(params, prompt_tokens, prompt_lengths, num_samples, max_new_tokens, **context)
+    offset = 0 if context_tokens is None else context_tokens.shape[0]
     first_logits = jnp.broadcast_to(first_logits[:, None, :], (batch, num_samples, first_logits.shape[-1]))
-    state = _LoopState(
-        step=jnp.zeros((), jnp.int32),
-        tokens=jnp.full((*shape, max_new_tokens), pad_id, jnp.int32),
-        log_probs=jnp.zeros((*shape, max_new_tokens), jnp.float32),
-        done=jnp.zeros(shape, bool),
-        lengths=jnp.zeros(shape, jnp.int32),
-        finish_reason=jnp.full(shape, FINISH_MAX_LENGTH, jnp.int32),
-        cache=cache,
-    )
+    state = _LoopState.start(shape, max_new_tokens, pad_id, cache)
     state = choose(state, first_logits.astype(jnp.float32), jnp.zeros((), jnp.int32))
     decode_params = lm.decode_params(params)
 

@@ -3,7 +3,8 @@
 - `standard`: few-shot direct-answer prompt, greedy.
 - `cot_greedy`: few-shot chain-of-thought prompt, greedy ("single path"). With self-consistency in the same run,
   the greedy path is an argmax sample of self-consistency's batch: one prefill and one decode loop serve both.
-- `self_consistency`: m sampled CoT paths at temperature T (top-k optional), majority vote over parsed answers.
+- `self_consistency`: m sampled CoT paths (`EvalConfig.method`: temperature T, top-k 40 by default), majority vote
+  over parsed answers.
   Accuracy at smaller m comes from the same run by subsampling paths (Figure 5), averaged over seeded subsets.
 - `zero_shot_cot`: the zero-shot "Let's think step by step." prompt, greedy: what the paper's zero-shot training
   formats teach ("so that the model will learn to think on its own").
@@ -32,8 +33,9 @@ import numpy as np
 
 from lsi import metrics
 from lsi.batch_decoding import BatchSampler, Completion, SampleRequest
-from lsi.decoding import Greedy, LanguageModel, Temperature
+from lsi.decoding import LanguageModel
 from lsi.io_utils import read_jsonl, write_json_atomic, write_jsonl_atomic
+from lsi.sampling_methods import Greedy, SamplingMethod, Temperature
 from lsi.self_improve.voting import vote_answers
 from lsi.tasks.answers import answers_equal, parse_answer
 from lsi.tasks.base import Example, Task
@@ -59,9 +61,7 @@ class EvalConfig:
 
     modes: tuple[str, ...] = PAPER_MODES
     num_samples: int = 32
-    temperature: float = 0.7
-    top_k: int | None = 40
-    top_p: float | None = None
+    method: SamplingMethod = Temperature(0.7, top_k=40)  # self-consistency's; gin: @eval/lsi.Temperature()
     max_new_tokens: int = 256
     subsample_sizes: tuple[int, ...] = (1, 5, 10, 15, 20, 25, 32)
     subsample_repeats: int = 20
@@ -222,8 +222,7 @@ def evaluate(task: Task, lm: LanguageModel, params: Any, vocab: Any, max_length:
         sampler = BatchSampler(
             lm, params, vocab, max_length,
             num_samples=num_samples, argmax_samples=len(greedy_modes), max_new_tokens=config.max_new_tokens,
-            method=Temperature(config.temperature, config.top_k, config.top_p) if "self_consistency" in modes
-            else Greedy(),
+            method=config.method if "self_consistency" in modes else Greedy(),
             stop_strings=prompter.stop_strings(task.exemplars_for(examples[0])), eos_ids=prompter.eos_ids,
             batch_size=config.batch_size, seed=config.seed, mesh=mesh, progress=progress,
         )

@@ -44,6 +44,7 @@ from lsi.decoding import TransformerLM
 from lsi.evaluation import EvalConfig, evaluate, format_summary, split_examples
 from lsi.io_utils import write_json_atomic, write_text_atomic
 from lsi.partitioning import MeshConfig
+from lsi.sampling_methods import SAMPLING_METHODS, with_temperature
 from lsi.screen import ScreenConfig
 from lsi.self_improve.formats import FormatStageConfig, register_formatted_task, register_mixture, run_format_stage
 from lsi.self_improve.question_gen import (
@@ -75,7 +76,7 @@ log = logging.getLogger(__name__)
 STAGES = ("screen", "questions", "exemplars", "sample", "vote", "format", "train", "eval", "self_improve", "report")
 
 for _config_class in (SampleStageConfig, VoteStageConfig, FormatStageConfig, EvalConfig, MeshConfig, TrainConfig,
-                      OptimizerConfig, QuestionGenConfig, PromptGenConfig, ScreenConfig):
+                      OptimizerConfig, QuestionGenConfig, PromptGenConfig, ScreenConfig, *SAMPLING_METHODS):
     gin.external_configurable(_config_class, module="lsi")
 
 
@@ -476,7 +477,8 @@ def self_improve(experiment: Experiment) -> dict[str, Any]:
         for temperature in experiment.sweep_temperatures:
             sweep_tag = _temperature_tag(tag, temperature)
             summary["eval"][sweep_tag] = _accuracies(run_eval(
-                experiment, sweep_tag, checkpoint, dataclasses.replace(sweep_config, temperature=temperature)))
+                experiment, sweep_tag, checkpoint,
+                dataclasses.replace(sweep_config, method=with_temperature(sweep_config.method, temperature))))
 
     if experiment.eval_before:
         evaluate_tag("base", experiment.model)

@@ -98,7 +98,9 @@ class EvalRun:
 
     @property
     def temperature(self) -> float | None:
-        return self.metrics.get("config", {}).get("temperature")
+        """Self-consistency's sampling temperature (runs before sampling methods were objects record it flat)."""
+        config = self.metrics.get("config", {})
+        return (config.get("method") or {}).get("temperature", config.get("temperature"))
 
     def mode(self, mode: str) -> dict | None:
         return self.metrics["modes"].get(mode)

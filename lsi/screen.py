@@ -24,6 +24,7 @@ from typing import Any, Callable, Sequence
 from lsi import metrics
 from lsi.evaluation import EvalConfig, evaluate, load_predictions
 from lsi.io_utils import write_json_atomic
+from lsi.sampling_methods import SamplingMethod, Temperature, with_temperature
 from lsi.tasks.answers import answers_equal
 from lsi.tasks.base import Example, Task
 
@@ -42,7 +43,7 @@ class ScreenConfig:
     subsample_sizes: tuple[int, ...] = (1, 4, 8, 16)
     dev_size: int = 200
     max_new_tokens: int = 40
-    top_k: int | None = 40
+    method: SamplingMethod = Temperature(0.7, top_k=40)  # each cell runs it at the cell's temperature
     vote_share_thresholds: tuple[float, ...] = (0.0, 0.3, 0.5, 0.7, 0.9)
     batch_size: int = 16
     seed: int = 0
@@ -53,10 +54,11 @@ class ScreenConfig:
             raise ValueError(f"Screen styles must be among {STYLES}, got {sorted(unknown)}.")
         if self.num_samples < 2:
             raise ValueError(f"The screen needs m >= 2 paths to vote, got num_samples={self.num_samples}.")
+        with_temperature(self.method, 1.0)  # a drawing method, or a clear error now rather than at the first cell
 
     def eval_config(self, temperature: float) -> EvalConfig:
         return EvalConfig(modes=("cot_greedy", "self_consistency"), num_samples=self.num_samples,
-                          temperature=temperature, top_k=self.top_k, max_new_tokens=self.max_new_tokens,
+                          method=with_temperature(self.method, temperature), max_new_tokens=self.max_new_tokens,
                           subsample_sizes=self.subsample_sizes, batch_size=self.batch_size, seed=self.seed,
                           calibration_bins=5)
 

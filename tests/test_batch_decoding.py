@@ -12,7 +12,8 @@ from lsi.batch_decoding import (
     example_seed_id,
     stop_token_sequences,
 )
-from lsi.decoding import Greedy, SamplerSpec, Temperature, TransformerLM, make_sampler
+from lsi.decoding import SamplerSpec, TransformerLM, make_sampler
+from lsi.sampling_methods import Greedy, Temperature
 from lsi.models import get_config, init_params
 from lsi.vocab import load_vocabulary
 

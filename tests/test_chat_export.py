@@ -29,7 +29,8 @@ def test_transformers_renders_lsis_chat_prompts_and_greedy_generation_matches(ex
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from lsi.batch_decoding import BatchSampler, SampleRequest
-    from lsi.decoding import Greedy, TransformerLM
+    from lsi.decoding import TransformerLM
+    from lsi.sampling_methods import Greedy
     from lsi.tasks.prompt_style import chat_messages
 
     directory, cfg, params, vocab, chat = exported

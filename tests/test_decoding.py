@@ -1,26 +1,24 @@
-"""The sampler: greedy exactness, layout-independent randomness, the sampled distribution, stops, bad input."""
+"""The sampler: greedy exactness, layout-independent randomness, stops, bad input (the sampled distribution of each
+method: test_sampling_methods.py)."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from scipy import stats
 
 from lsi import partitioning
 from lsi.decoding import (
     FINISH_EOS,
     FINISH_MAX_LENGTH,
     FINISH_STOP,
-    Greedy,
     SamplerSpec,
-    Temperature,
     TransformerLM,
     bucket_length,
     make_sampler,
-    masked_logits,
     temperature_sample,
 )
 from lsi.models import Transformer, get_config, init_params, param_logical_axes
+from lsi.sampling_methods import Greedy, Temperature
 
 CFG = get_config("tiny")
 
@@ -100,33 +98,6 @@ def test_scanned_decode_samples_what_the_layerwise_decode_samples(params, mesh_s
     assert len({tuple(row) for row in layerwise.tokens[:, 0]}) > 1  # real, varied samples
 
 
-@pytest.mark.parametrize("temperature", [0.7, 1.2])
-@pytest.mark.parametrize("top_k", [None, 40])
-@pytest.mark.parametrize("top_p", [None, 0.9])
-def test_first_token_frequencies_match_masked_softmax(params, temperature, top_k, top_p):
-    # Sharpen the random model's logits (scale the final norm) so masking by top-k / top-p matters.
-    sharp = jax.tree.map(lambda x: x, params)
-    sharp["final_norm"]["scale"] = params["final_norm"]["scale"] * 2.0  # max prob 0.05-0.23
-    tokens, lengths = _prompts([6], 16, seed=6)
-    method = Temperature(temperature, top_k=top_k, top_p=top_p)
-    num = 20_000
-    out = temperature_sample(TransformerLM(CFG), sharp, tokens, lengths, jnp.asarray([0]), seed=11,
-                             num_samples=num, max_new_tokens=1, method=method)
-    observed = np.bincount(np.asarray(out.tokens[0, :, 0]), minlength=CFG.vocab_size)
-    logits = Transformer(CFG).apply({"params": sharp}, tokens, logits_at=lengths - 1)[0]
-    expected = np.asarray(jax.nn.softmax(masked_logits(logits, method))) * num
-    assert observed[expected == 0].sum() == 0, "sampled a token that top-k / top-p masked out"
-    # Chi-square over tokens with expected count >= 5; the rest pooled into one bin.
-    big = expected >= 5
-    obs = np.append(observed[big], observed[~big].sum())
-    exp = np.append(expected[big], expected[~big].sum())
-    obs, exp = obs[exp > 0], exp[exp > 0]
-    exp = exp.astype(np.float64) * obs.sum() / exp.astype(np.float64).sum()
-    assert stats.chisquare(obs, exp).pvalue > 0.001
-    if top_k is not None:
-        assert (expected > 0).sum() <= top_k
-
-
 def test_eos_and_stop_sequences_end_samples_exactly(params):
     tokens, lengths = _prompts([5, 9], 16, seed=7)
     free = _run(params, SamplerSpec(1, 8, Greedy()), tokens, lengths, [0, 1])
@@ -151,13 +122,7 @@ def test_max_length_rows_are_reported_not_cut(params):
     assert (out.finish_reason == FINISH_MAX_LENGTH).all() and (out.lengths == 5).all()
 
 
-def test_bad_sampling_settings_are_rejected():
-    with pytest.raises(ValueError, match="top_p"):
-        Temperature(0.7, top_p=1.5)
-    with pytest.raises(ValueError, match="top_p"):
-        Temperature(0.7, top_p=0.0)
-    with pytest.raises(ValueError, match="temperature"):
-        Temperature(0.0)
+def test_bad_sampler_settings_are_rejected():
     with pytest.raises(ValueError, match="num_samples"):
         temperature_sample(TransformerLM(CFG), {}, jnp.ones((1, 4), jnp.int32), jnp.ones((1,), jnp.int32),
                            jnp.zeros((1,), jnp.int32), seed=0, num_samples=0, max_new_tokens=4)

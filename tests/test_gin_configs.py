@@ -17,6 +17,7 @@ from lsi import main as lsi_main
 from lsi.evaluation import EvalConfig
 from lsi.models.configs import config_names
 from lsi.partitioning import MeshConfig
+from lsi.sampling_methods import Temperature
 from lsi.self_improve.formats import FORMAT_PRESETS, TABLE5_PRESETS, FormatStageConfig
 from lsi.self_improve.sampling import SampleStageConfig
 from lsi.self_improve.voting import VoteStageConfig
@@ -118,12 +119,12 @@ def test_paper_setting_is_the_papers():
     experiment = bind(GIN / "runs" / "palm_540b_gsm8k.gin")
     assert experiment.model == "palm_540b" and experiment.task == "gsm8k"
     s, t, e = experiment.sample, experiment.train, experiment.eval
-    assert (s.num_samples, s.temperature, s.top_k, s.max_new_tokens, s.prompt_format) == \
-        (32, 0.7, 40, 256, "few_shot_cot")
+    assert (s.num_samples, s.method, s.max_new_tokens, s.prompt_format) == \
+        (32, Temperature(0.7, top_k=40), 256, "few_shot_cot")
     assert experiment.vote == VoteStageConfig()  # no threshold, no de-duplication, no cap
     assert experiment.format.formats == "all"
     assert (t.steps, t.batch_size, t.optimizer.learning_rate) == (10_000, 32, 5e-5)
-    assert (e.num_samples, e.temperature, e.max_new_tokens) == (32, 1.2, 256)
+    assert (e.num_samples, e.method, e.max_new_tokens) == (32, Temperature(1.2, top_k=40), 256)
     assert set(e.modes) == {"standard", "cot_greedy", "self_consistency"}
     assert experiment.distributed
     assert experiment.mesh.shape(V4_1024_CHIPS) == (1, 32, 16)

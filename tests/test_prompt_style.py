@@ -128,7 +128,7 @@ def test_sampling_stops_at_the_end_of_turn_token(chat, smollm2_vocab):
     """The scripted model writes '5', then <|im_end|>, then noise: the chat sampler stops at the turn's end."""
     from helpers.scripted_lm import ScriptedLM
     from lsi.batch_decoding import BatchSampler, SampleRequest
-    from lsi.decoding import Greedy
+    from lsi.sampling_methods import Greedy
 
     five, end = smollm2_vocab.encode("5")[0], chat.turn.end_id
     noise = smollm2_vocab.encode(" Q")[0]
@@ -150,7 +150,7 @@ def llama3_vocab(tmp_path_factory):
 def test_llama3_style_bos_appears_exactly_once_in_sampler_prompts_and_training_rows(llama3_vocab, tmp_path):
     from helpers.scripted_lm import ScriptedLM
     from lsi.batch_decoding import BatchSampler, SampleRequest
-    from lsi.decoding import Greedy
+    from lsi.sampling_methods import Greedy
 
     bos = llama3_vocab.token_to_id("<|begin_of_text|>")
     assert llama3_vocab.add_bos and llama3_vocab.bos_id == bos

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from lsi.batch_decoding import BatchSampler, SampleRequest
-from lsi.decoding import Greedy, TransformerLM
+from lsi.decoding import TransformerLM
+from lsi.sampling_methods import Greedy
 from lsi.vocab import load_vocabulary
 
 PROMPTS = [

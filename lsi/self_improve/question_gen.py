@@ -21,8 +21,9 @@ import time
 from typing import Any, Sequence
 
 from lsi.batch_decoding import BatchSampler, SampleRequest
-from lsi.decoding import Greedy, LanguageModel, Temperature
+from lsi.decoding import LanguageModel
 from lsi.io_utils import read_jsonl, write_json_atomic, write_jsonl_atomic
+from lsi.sampling_methods import Greedy, SamplingMethod, Temperature
 from lsi.self_improve.manifest import environment
 from lsi.self_improve.sampling import load_pool
 from lsi.self_improve.voting import vote_answers
@@ -41,13 +42,12 @@ class QuestionGenConfig:
     questions_per_prompt: int = 10  # seeds shown per prompt, shuffled
     num_prompts: int = 64
     samples_per_prompt: int = 4
-    temperature: float = 1.0
-    top_k: int | None = 40
+    method: SamplingMethod = Temperature(1.0, top_k=40)  # writes questions; gin: @questions/lsi.Temperature()
     max_question_tokens: int = 96
     min_question_chars: int = 15
     # The self-consistency filter (not stated in the paper; these are our defaults).
     filter_samples: int = 8
-    filter_temperature: float = 0.7
+    filter_method: SamplingMethod = Temperature(0.7, top_k=40)  # gin: @questions_filter/lsi.Temperature()
     filter_max_new_tokens: int = 256
     min_vote_share: float = 0.5
     batch_size: int = 8
@@ -94,7 +94,7 @@ def generate_questions(task: Task, lm: LanguageModel, params: Any, vocab: Any, m
     seeds = [q.question for q in random.Random(config.seed).sample(pool, min(config.num_seed_questions, len(pool)))]
     generator = BatchSampler(lm, params, vocab, max_length, num_samples=config.samples_per_prompt,
                              max_new_tokens=config.max_question_tokens,
-                             method=Temperature(config.temperature, config.top_k), stop_strings=("\n",),
+                             method=config.method, stop_strings=("\n",),
                              eos_ids=prompter.eos_ids, batch_size=config.batch_size, seed=config.seed, mesh=mesh,
                              progress=progress)
     requests = [SampleRequest(f"genprompt-{i}", p) for i, p in enumerate(generation_prompts(seeds, config, prompter))]
@@ -115,7 +115,7 @@ def generate_questions(task: Task, lm: LanguageModel, params: Any, vocab: Any, m
     exemplars = task.exemplars_for(pool[0])
     checker = BatchSampler(lm, params, vocab, max_length, num_samples=config.filter_samples,
                            max_new_tokens=config.filter_max_new_tokens,
-                           method=Temperature(config.filter_temperature, config.top_k),
+                           method=config.filter_method,
                            stop_strings=prompter.stop_strings(exemplars), eos_ids=prompter.eos_ids,
                            batch_size=config.batch_size, seed=config.seed + 1, mesh=mesh, progress=progress)
     cot_requests = [SampleRequest(f"gen-{i:06d}", prompter.prompt(PromptFormat.FEW_SHOT_COT, q, exemplars))

@@ -22,8 +22,9 @@ import time
 from typing import Any, Callable, Sequence
 
 from lsi.batch_decoding import BatchSampler, SampleRequest
-from lsi.decoding import LanguageModel, Temperature
+from lsi.decoding import LanguageModel
 from lsi.io_utils import read_jsonl, write_json_atomic, write_text_atomic
+from lsi.sampling_methods import SamplingMethod, Temperature
 from lsi.self_improve.manifest import environment, file_sha256
 from lsi.tasks.answers import parse_answer
 from lsi.tasks.base import Example, Task, check_unique_ids
@@ -42,9 +43,7 @@ class SampleStageConfig:
     """Paper defaults: m=32, T=0.7, top-k 40 (inherited from Self-Consistency), 256 new tokens, few-shot CoT."""
 
     num_samples: int = 32
-    temperature: float = 0.7
-    top_k: int | None = 40
-    top_p: float | None = None
+    method: SamplingMethod = Temperature(0.7, top_k=40)  # gin: @sample/lsi.Temperature() (lsi.sampling_methods)
     max_new_tokens: int = 256
     num_shards: int = 64
     batch_size: int = 8
@@ -185,7 +184,7 @@ def run_sample_stage(task: Task, lm: LanguageModel, params: Any, vocab: Any, max
     fmt = PromptFormat(config.prompt_format)
     sampler = BatchSampler(
         lm, params, vocab, max_length, num_samples=config.num_samples, max_new_tokens=config.max_new_tokens,
-        method=Temperature(config.temperature, config.top_k, config.top_p),
+        method=config.method,
         stop_strings=prompter.stop_strings(task.exemplars_for(pool[0])), eos_ids=prompter.eos_ids,
         batch_size=config.batch_size, seed=config.seed, mesh=mesh, progress=progress,
     )

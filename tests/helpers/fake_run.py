@@ -24,6 +24,7 @@ from lsi import metrics
 from lsi.batch_decoding import Completion
 from lsi.evaluation import EvalConfig, accuracy_at_subsets, prediction_record
 from lsi.io_utils import write_json_atomic, write_jsonl_atomic, write_text_atomic
+from lsi.sampling_methods import Temperature
 from lsi.self_improve.formats import FORMAT_PRESETS, training_examples
 from lsi.self_improve.manifest import file_sha256
 from lsi.self_improve.sampling import SAMPLE_FIELDS, pool_fingerprint, shard_path
@@ -108,7 +109,7 @@ def write_eval(run_dir: pathlib.Path, spec: EvalSpec, task: Task) -> dict:
     """eval/<tag>/<task>/: predictions.jsonl per mode and metrics.json, with lsi.evaluation.evaluate's schema."""
     modes = tuple(m for m, n in (("standard", spec.standard_correct), ("cot_greedy", spec.cot_correct),
                                  ("self_consistency", 0)) if n is not None)
-    config = EvalConfig(modes=modes, num_samples=NUM_SAMPLES, temperature=spec.temperature,
+    config = EvalConfig(modes=modes, num_samples=NUM_SAMPLES, method=Temperature(spec.temperature, top_k=40),
                         subsample_sizes=(1, 2, 4, 8), subsample_repeats=5, calibration_bins=10)
     examples = task.load_eval()
     output_dir = run_dir / "eval" / spec.tag / task.name
@@ -147,7 +148,8 @@ def write_samples(samples_dir: pathlib.Path, task: Task, round_index: int, num_s
     """Sample shards, sampling_config.json and manifest.json as lsi.self_improve.sampling writes them."""
     pool = [e.without_answer() for e in task.load_pool()]
     golds = {e.id: e.answer for e in task.load_pool()}
-    settings = {"num_samples": NUM_SAMPLES, "temperature": 0.7, "top_k": 40, "top_p": None, "max_new_tokens": 64,
+    settings = {"num_samples": NUM_SAMPLES, "method": dataclasses.asdict(Temperature(0.7, top_k=40)),
+                "max_new_tokens": 64,
                 "num_shards": num_shards, "batch_size": 4, "seed": round_index, "prompt_format": "few_shot_cot",
                 "max_questions": None, "task": task.name, "answer_type": task.answer_type,
                 "pool_sha256": pool_fingerprint(pool), "model": "fake", "exemplar_sets": ["default"]}
