@@ -38,14 +38,14 @@ def run(config: str, batch_size: int, length: int, num_microbatches: int, remat:
     from lsi.models import get_config, init_params  # noqa: PLC0415
     from lsi.partitioning import make_mesh  # noqa: PLC0415
     from lsi.training.optimizers import OptimizerConfig  # noqa: PLC0415
-    from lsi.training.trainer import _compiled_step, initial_state  # noqa: PLC0415
+    from lsi.training.trainer import initial_state, make_train_step  # noqa: PLC0415
 
     cfg = get_config("llama_1b" if config == "llama_1b" else "tiny", dtype=jnp.bfloat16, remat=remat,
                      param_dtype=jnp.float32)
     opt = OptimizerConfig(name="adamw", learning_rate=5e-5, clip_norm=1.0)
     mesh = make_mesh((1, 1, 1), devices=jax.devices()[:1])
-    step_fn, shardings, _ = _compiled_step(cfg, opt, num_microbatches, mesh, (batch_size, length))
-    state = initial_state(init_params(cfg, jax.random.PRNGKey(0)), opt, shardings, seed=0)
+    step_fn = make_train_step(cfg, opt, num_microbatches, mesh, (batch_size, length))
+    state = initial_state(init_params(cfg, jax.random.PRNGKey(0)), opt, step_fn.shardings)
     tokens = np.random.default_rng(0).integers(0, cfg.vocab_size, (batch_size, length)).astype(np.int32)
     batch = jax.device_put({"tokens": tokens, "positions": np.broadcast_to(np.arange(length, dtype=np.int32),
                                                                            tokens.shape),

@@ -156,7 +156,8 @@ class OursTrainStep(_TrainSide):
 
         from lsi.partitioning import make_mesh  # noqa: PLC0415
         from lsi.training.optimizers import OptimizerConfig  # noqa: PLC0415
-        from lsi.training.trainer import TrainConfig, _compiled_step, _model_config, initial_state  # noqa: PLC0415
+        from lsi.training.trainer import (  # noqa: PLC0415
+            TrainConfig, initial_state, make_train_step, training_model_config)
 
         self.work = work
         cfg, params = _load_ours(work)
@@ -164,11 +165,10 @@ class OursTrainStep(_TrainSide):
         opt = OptimizerConfig(name="adamw", learning_rate=work.learning_rate, clip_norm=1.0, weight_decay=0.0)
         tc = TrainConfig(steps=1, batch_size=work.batch_size, seq_length=work.length, optimizer=opt, dtype=dtype,
                          num_microbatches=work.num_microbatches)
-        self.cfg = _model_config(tc, cfg.replace(remat=work.remat))
+        self.cfg = training_model_config(tc, cfg.replace(remat=work.remat))
         mesh = make_mesh((1, 1, 1), devices=jax.devices()[:1])
-        self.step_fn, shardings, _ = _compiled_step(self.cfg, opt, work.num_microbatches, mesh,
-                                                    (work.batch_size, work.length))
-        self.state = initial_state(params, opt, shardings, seed=0)
+        self.step_fn = make_train_step(self.cfg, opt, work.num_microbatches, mesh, (work.batch_size, work.length))
+        self.state = initial_state(params, opt, self.step_fn.shardings)
         del params
         tokens = work.tokens(self.cfg.vocab_size)
         batch = {"tokens": tokens, "positions": np.broadcast_to(np.arange(work.length, dtype=np.int32), tokens.shape),

@@ -23,7 +23,7 @@ import logging
 import os
 import pathlib
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, Callable
 
 import gguf
 import numpy as np
@@ -97,6 +97,28 @@ _GGUF_SPECIAL_IDS = {
     "unk_token": "unknown_token_id",
     "pad_token": "padding_token_id",
 }
+
+
+def _gguf_special_ids(path: pathlib.Path, optional: Callable[..., Any], num_tokens: int) -> dict[str, int | None]:
+    """bos/eos/unk/pad token ids from `tokenizer.ggml.*_token_id`, each checked to be a token of the vocabulary."""
+    ids = {}
+    for name, key in _GGUF_SPECIAL_IDS.items():
+        token_id = optional(f"tokenizer.ggml.{key}")
+        if token_id is not None and not 0 <= token_id < num_tokens:
+            raise VocabularyError(f"{path}: tokenizer.ggml.{key} is {token_id}, outside the {num_tokens} tokens")
+        ids[name] = token_id
+    return ids
+
+
+def _gguf_chat_templates(fields: dict[str, Any]) -> dict[str, str]:
+    """llama.cpp's layout: the default template under `tokenizer.chat_template`, others under
+    `tokenizer.chat_template.<name>` (transformers reads only the first; the default renders the same either way)."""
+    templates = {}
+    if "tokenizer.chat_template" in fields:
+        templates["default"] = fields["tokenizer.chat_template"].contents()
+    prefix = "tokenizer.chat_template."
+    templates.update({key[len(prefix):]: fields[key].contents() for key in fields if key.startswith(prefix)})
+    return templates
 
 
 class HfTokenizerVocabulary(seqio.Vocabulary):
@@ -215,24 +237,13 @@ class HfTokenizerVocabulary(seqio.Vocabulary):
             token_types=optional("tokenizer.ggml.token_type", [gguf.TokenType.NORMAL] * len(tokens)),
             split=GGUF_PRE_TOKENIZERS[pre],
         )
-        ids = {}
-        for name, key in _GGUF_SPECIAL_IDS.items():
-            token_id = optional(f"tokenizer.ggml.{key}")
-            if token_id is not None and not 0 <= token_id < len(tokens):
-                raise VocabularyError(f"{path}: tokenizer.ggml.{key} is {token_id}, outside the {len(tokens)} tokens")
-            ids[name] = token_id
+        ids = _gguf_special_ids(path, optional, len(tokens))
         bos_id = ids["bos_token"]
         if bos_id is not None and optional("tokenizer.ggml.add_bos_token", False):
             tokenizer.post_processor = processors.TemplateProcessing(
                 single=[tokens[bos_id], "$A"], special_tokens=[(tokens[bos_id], bos_id)]
             )
-        # llama.cpp's layout: the default template under `tokenizer.chat_template`, others under
-        # `tokenizer.chat_template.<name>` (transformers reads only the first; the default renders the same either way).
-        templates = {}
-        if "tokenizer.chat_template" in fields:
-            templates["default"] = fields["tokenizer.chat_template"].contents()
-        prefix = "tokenizer.chat_template."
-        templates.update({key[len(prefix):]: fields[key].contents() for key in fields if key.startswith(prefix)})
+        templates = _gguf_chat_templates(fields)
         return cls(
             tokenizer,
             bos_id=bos_id,

@@ -1,11 +1,13 @@
-"""The fine-tuning loop, in t5x's shape: a train state, a partitioned jitted train step with gradient accumulation,
-metrics through clu writers, and orbax checkpoints that also hold the data position (exact resume).
+"""The fine-tuning loop, in t5x's shape: a train state; `make_train_step` builds a partitioned, jitted
+`train_step(state, batch) -> (state, metrics)` from a `LossFn` with gradient accumulation; `restore_or_init` resumes
+from orbax checkpoints that also hold the data position (exact resume); `MetricsLogger` owns timing, MFU, the
+non-finite guard and the metric writers; `train` is the loop over them.
 
     state, summary = train(TrainConfig(steps=100, ...), model_cfg, "smollm2-135m-instruct", batches, "runs/ft")
 
-Loss: token-level cross entropy over target tokens, sum / number of target tokens in the whole batch (with
-`num_microbatches` > 1 the per-microbatch gradient sums are added and divided by the batch's total, so accumulation
-equals one big batch).
+Loss (`cross_entropy_loss`, the default `LossFn`): token-level cross entropy over target tokens, sum / number of
+target tokens in the whole batch (with `num_microbatches` > 1 the per-microbatch gradient sums are added and divided
+by the batch's total, so accumulation equals one big batch). Another loss is a `LossFn` passed to `train`.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import math
 import os
 import pathlib
 import time
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import flax
 import jax
@@ -80,7 +82,6 @@ class TrainState:
     step: jax.Array  # int32 []
     params: Any  # float32 master weights
     opt_state: Any
-    rng: jax.Array  # uint32 [2]
 
 
 # --- loss -------------------------------------------------------------------------------------------------------
@@ -105,6 +106,20 @@ def target_token_stats(logits: jax.Array, batch: dict[str, jax.Array]) -> tuple[
     return loss_sum, correct, jnp.sum(weights)
 
 
+# A loss: (model, params, batch) -> (the loss summed over the batch, per-token metrics summed over the batch, with
+# "target_tokens" among them). The step divides the loss, its gradient and every other metric by the batch's
+# target_tokens; sums, not means, so gradient accumulation over microbatches equals one big batch.
+LossFn = Callable[[Transformer, Any, dict[str, jax.Array]], tuple[jax.Array, dict[str, jax.Array]]]
+
+
+def cross_entropy_loss(model: Transformer, params: Any, batch: dict[str, jax.Array]
+                       ) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """The default `LossFn`: target-token cross entropy (`target_token_stats`) of a packed batch."""
+    logits = model.apply({"params": params}, batch["tokens"], batch["positions"], batch["segment_ids"])
+    loss_sum, correct, count = target_token_stats(logits, batch)
+    return loss_sum, {"accuracy": correct, "target_tokens": count}
+
+
 def per_example_losses(model_cfg: TransformerConfig, params: Any, batch: dict[str, np.ndarray]) -> np.ndarray:
     """Mean target-token cross entropy of every segment: [rows, max segments] (NaN where a row has no such segment).
     For tests and inspection, not speed."""
@@ -124,7 +139,7 @@ def per_example_losses(model_cfg: TransformerConfig, params: Any, batch: dict[st
 
 # --- partitioned state and step ---------------------------------------------------------------------------------
 
-def _model_config(config: TrainConfig, model_cfg: TransformerConfig) -> TransformerConfig:
+def training_model_config(config: TrainConfig, model_cfg: TransformerConfig) -> TransformerConfig:
     return model_cfg.replace(param_dtype=jnp.float32, **({"dtype": config.dtype} if config.dtype is not None else {}))
 
 
@@ -134,17 +149,50 @@ def state_axes_and_abstract(model_cfg: TransformerConfig, optimizer: optax.Gradi
     params = abstract_params(model_cfg)
     params_axes = param_logical_axes(model_cfg)
     opt_state = jax.eval_shape(optimizer.init, params)
-    axes = TrainState(step=(), params=params_axes, opt_state=optimizer_state_axes(opt_state, params, params_axes),
-                      rng=(None,))
-    abstract = TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=params, opt_state=opt_state,
-                          rng=jax.ShapeDtypeStruct((2,), jnp.uint32))
+    axes = TrainState(step=(), params=params_axes, opt_state=optimizer_state_axes(opt_state, params, params_axes))
+    abstract = TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=params, opt_state=opt_state)
     return axes, abstract
 
 
+def _summed_gradients(grad_fn: Callable, params: Any, batch: dict[str, jax.Array], num_microbatches: int
+                      ) -> tuple[Any, jax.Array, dict[str, jax.Array]]:
+    """(gradient of the loss sum, loss sum, summed metrics) of the batch, over `num_microbatches` sequential parts."""
+    if num_microbatches == 1:
+        (loss_sum, sums), grads = grad_fn(params, batch)
+        return grads, loss_sum, sums
+    # Row i goes to microbatch i % M: every device's rows feed every microbatch (no resharding).
+    micro = jax.tree.map(lambda x: x.reshape((x.shape[0] // num_microbatches, num_microbatches) + x.shape[1:])
+                         .swapaxes(0, 1), batch)  # [M, batch / M, length]
+    (loss_shape, sums_shape), grads_shape = jax.eval_shape(grad_fn, params, jax.tree.map(lambda x: x[0], micro))
+    zeros = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), (grads_shape, loss_shape, sums_shape))
+
+    def accumulate(carry: Any, mb: dict[str, jax.Array]) -> tuple[Any, None]:
+        (loss_sum, sums), grads = grad_fn(params, mb)
+        return jax.tree.map(jnp.add, carry, (grads, loss_sum, sums)), None
+
+    (grads, loss_sum, sums), _ = jax.lax.scan(accumulate, zeros, micro)
+    return grads, loss_sum, sums
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainStep:
+    """A partitioned, jitted `train_step(state, batch) -> (state, metrics)`, with the state's layout."""
+
+    fn: Callable[[TrainState, dict[str, jax.Array]], tuple[TrainState, dict[str, jax.Array]]]
+    shardings: TrainState  # NamedSharding per state leaf
+    abstract: TrainState  # ShapeDtypeStruct per state leaf
+    batch_sharding: jax.sharding.NamedSharding
+
+    def __call__(self, state: TrainState, batch: dict[str, jax.Array]) -> tuple[TrainState, dict[str, jax.Array]]:
+        return self.fn(state, batch)
+
+
 @functools.lru_cache(maxsize=16)
-def _compiled_step(model_cfg: TransformerConfig, opt_cfg: OptimizerConfig, num_microbatches: int,
-                   mesh: jax.sharding.Mesh, batch_shape: tuple[int, int]) -> tuple[Any, TrainState, TrainState]:
-    """(jitted step, state shardings, abstract state); cached so repeated `train` calls reuse one compile."""
+def make_train_step(model_cfg: TransformerConfig, opt_cfg: OptimizerConfig, num_microbatches: int,
+                    mesh: jax.sharding.Mesh, batch_shape: tuple[int, int],
+                    loss_fn: LossFn = cross_entropy_loss) -> TrainStep:
+    """The train step for a model, optimizer and batch shape (cached: repeated `train` calls reuse one compile).
+    The loss sum and every summed metric are divided by the batch's "target_tokens"."""
     optimizer = make_optimizer(opt_cfg)
     schedule = learning_rate_schedule(opt_cfg)
     axes, abstract = state_axes_and_abstract(model_cfg, optimizer)
@@ -152,71 +200,56 @@ def _compiled_step(model_cfg: TransformerConfig, opt_cfg: OptimizerConfig, num_m
     batch_sharding = logical_sharding(BATCH_AXES, batch_shape, mesh)
     model = Transformer(model_cfg)
 
-    def loss_fn(params: Any, batch: dict[str, jax.Array]) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
-        batch = {k: constrain(v, BATCH_AXES) for k, v in batch.items()}
-        logits = model.apply({"params": params}, batch["tokens"], batch["positions"], batch["segment_ids"])
-        loss_sum, correct, count = target_token_stats(logits, batch)
-        return loss_sum, (correct, count)
+    def constrained_loss(params: Any, batch: dict[str, jax.Array]) -> tuple[jax.Array, dict[str, jax.Array]]:
+        return loss_fn(model, params, {k: constrain(v, BATCH_AXES) for k, v in batch.items()})
 
-    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    grad_fn = jax.value_and_grad(constrained_loss, has_aux=True)
 
-    def step(state: TrainState, batch: dict[str, jax.Array]) -> tuple[TrainState, dict[str, jax.Array]]:
+    def train_step(state: TrainState, batch: dict[str, jax.Array]) -> tuple[TrainState, dict[str, jax.Array]]:
         with activation_sharding(mesh):
-            if num_microbatches == 1:
-                (loss_sum, (correct, count)), grads = grad_fn(state.params, batch)
-            else:
-                # Row i goes to microbatch i % M: every device's rows feed every microbatch (no resharding).
-                micro = jax.tree.map(
-                    lambda x: x.reshape((x.shape[0] // num_microbatches, num_microbatches) + x.shape[1:])
-                    .swapaxes(0, 1), batch)  # [M, batch / M, length]
-
-                def accumulate(carry: Any, mb: dict[str, jax.Array]) -> tuple[Any, None]:
-                    (ls, (c, n)), g = grad_fn(state.params, mb)
-                    return jax.tree.map(jnp.add, carry, (g, ls, c, n)), None
-
-                zeros = (jax.tree.map(jnp.zeros_like, state.params), jnp.float32(0), jnp.float32(0),
-                         jnp.float32(0))
-                (grads, loss_sum, correct, count), _ = jax.lax.scan(accumulate, zeros, micro)
-        denom = jnp.maximum(count, 1.0)
+            grads, loss_sum, sums = _summed_gradients(grad_fn, state.params, batch, num_microbatches)
+        denom = jnp.maximum(sums["target_tokens"], 1.0)
         grads = jax.tree.map(lambda g: g / denom, grads)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        metrics = {
-            "loss": loss_sum / denom,
-            "accuracy": correct / denom,
-            "target_tokens": count,
-            "grad_norm": global_norm(grads),
-            "learning_rate": jnp.asarray(schedule(state.step), jnp.float32),
-        }
-        new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state,
-                               rng=jax.random.split(state.rng)[0])
-        return new_state, metrics
+        metrics = {"loss": loss_sum / denom, **{k: v / denom for k, v in sums.items() if k != "target_tokens"},
+                   "target_tokens": sums["target_tokens"], "grad_norm": global_norm(grads),
+                   "learning_rate": jnp.asarray(schedule(state.step), jnp.float32)}
+        return TrainState(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                          opt_state=opt_state), metrics
 
     batch_shardings = {k: batch_sharding for k in ("tokens", "positions", "segment_ids", "loss_mask")}
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    jitted = jax.jit(step, in_shardings=(state_shardings, batch_shardings), out_shardings=(state_shardings, replicated),
-                     donate_argnums=(0,))
-    return jitted, state_shardings, abstract
+    jitted = jax.jit(train_step, in_shardings=(state_shardings, batch_shardings),
+                     out_shardings=(state_shardings, replicated), donate_argnums=(0,))
+    return TrainStep(jitted, state_shardings, abstract, batch_sharding)
 
 
-def initial_state(params: Any, opt_cfg: OptimizerConfig, shardings: TrainState, seed: int) -> TrainState:
+def initial_state(params: Any, opt_cfg: OptimizerConfig, shardings: TrainState) -> TrainState:
     params = jax.tree.map(lambda x, s: jax.device_put(jnp.asarray(x, jnp.float32), s), params, shardings.params)
     opt_state = jax.jit(make_optimizer(opt_cfg).init, out_shardings=shardings.opt_state)(params)
-    return TrainState(step=jax.device_put(jnp.int32(0), shardings.step), params=params, opt_state=opt_state,
-                      rng=jax.device_put(jax.random.PRNGKey(seed), shardings.rng))
+    return TrainState(step=jax.device_put(jnp.int32(0), shardings.step), params=params, opt_state=opt_state)
 
 
 # --- metrics ----------------------------------------------------------------------------------------------------
 
-class _MetricsLog:
-    """metrics.jsonl in the output directory (always) + clu's default writer (TensorBoard where available)."""
+class MetricsLogger:
+    """The train loop's metrics: `record` keeps each step's device arrays (fetched in groups, so the host does not
+    wait on every step); `flush` fetches them, stops on a non-finite loss or gradient norm, adds throughput and MFU,
+    and writes metrics.jsonl (always) and clu's default writer (TensorBoard where available). Every process computes
+    the same global metrics; process 0 writes them."""
 
-    def __init__(self, output_dir: pathlib.Path, start_step: int):
+    def __init__(self, output_dir: pathlib.Path, start_step: int, config: TrainConfig, flops_per_slot: float,
+                 checkpoint_dir: pathlib.Path, last_checkpoint: int | None):
         self.path = output_dir / "metrics.jsonl"
-        self.enabled = jax.process_index() == 0  # every process computes the same global metrics; one writes them
-        self.writer = None
-        if not self.enabled:
-            return
+        self.config, self.flops_per_slot = config, flops_per_slot
+        self.checkpoint_dir, self.last_checkpoint = checkpoint_dir, last_checkpoint
+        self.history: list[dict[str, float]] = []
+        self._pending: list[tuple[int, dict[str, jax.Array], int | None]] = []
+        self._clock = time.perf_counter()
+        self.enabled = jax.process_index() == 0
+        self.writer = self._open(output_dir, start_step) if self.enabled else None
+
+    def _open(self, output_dir: pathlib.Path, start_step: int) -> Any:
         if self.path.exists():  # a resumed run rewrites what came after its checkpoint, as an uninterrupted run would
             kept = [line for line in complete_lines(self.path) if json.loads(line)["step"] <= start_step]
             tmp = self.path.with_name(self.path.name + ".tmp")
@@ -225,12 +258,50 @@ class _MetricsLog:
         try:
             from clu import metric_writers  # noqa: PLC0415
 
-            self.writer = metric_writers.create_default_writer(str(output_dir / "tensorboard"), asynchronous=False)
+            return metric_writers.create_default_writer(str(output_dir / "tensorboard"), asynchronous=False)
         except Exception as err:  # noqa: BLE001 - TensorBoard support is optional
             log.warning("No clu metric writer (%s); writing metrics.jsonl only.", err)
-            self.writer = None
+            return None
 
-    def write(self, step: int, scalars: dict[str, float]) -> None:
+    def record(self, step: int, metrics: dict[str, jax.Array], target_tokens: int | None) -> None:
+        """Step `step`'s metrics; `target_tokens` None marks the step that included the compile, which is waited
+        for and kept out of the throughput figures."""
+        if target_tokens is None:
+            jax.block_until_ready(metrics)
+            now = time.perf_counter()
+            log.info("First step (with compile) took %.1f s.", now - self._clock)
+            self._clock = now
+        self._pending.append((step, metrics, target_tokens))
+
+    def checkpointed(self, step: int) -> None:
+        self.last_checkpoint = step
+
+    def flush(self) -> dict[str, float] | None:
+        """Writes the newest recorded step's metrics (with throughput over all steps since the last flush)."""
+        if not self._pending:
+            return None
+        fetched = jax.device_get([m for _, m, _ in self._pending])
+        now = time.perf_counter()
+        elapsed, self._clock = now - self._clock, now
+        for (step, _, _), values in zip(self._pending, fetched):
+            if not (math.isfinite(values["loss"]) and math.isfinite(values["grad_norm"])):
+                raise NonFiniteLossError(
+                    f"Non-finite loss ({values['loss']}) or grad norm ({values['grad_norm']}) at step {step}; "
+                    f"stopped. The last good checkpoint is step {self.last_checkpoint} in {self.checkpoint_dir}.")
+        timed = [t for _, _, t in self._pending if t is not None]
+        step, values = self._pending[-1][0], {k: float(v) for k, v in fetched[-1].items()}
+        if timed:
+            slots_per_s = len(timed) * self.config.batch_size * self.config.seq_length / elapsed
+            values.update(tokens_per_s=sum(timed) / elapsed, slots_per_s=slots_per_s,
+                          steps_per_s=len(timed) / elapsed)
+            if self.config.peak_flops_per_s:
+                values["mfu"] = self.flops_per_slot * slots_per_s / self.config.peak_flops_per_s
+        self._write(step, values)
+        self.history.append({"step": step, **values})
+        self._pending.clear()
+        return values
+
+    def _write(self, step: int, scalars: dict[str, float]) -> None:
         if not self.enabled:
             return
         with open(self.path, "a") as f:
@@ -292,110 +363,77 @@ def _device_batch(host_batch: dict[str, np.ndarray], batch_shape: tuple[int, int
     return out
 
 
+def restore_or_init(checkpointer: Checkpointer, train_step: TrainStep, init_params_or_checkpoint: Any,
+                    config: TrainConfig, model_cfg: TransformerConfig, data: Any) -> tuple[TrainState, int | None]:
+    """(state, step restored from): the newest restorable checkpoint with the data stream set back to its position,
+    else a fresh state from `init_params_or_checkpoint` (None)."""
+    if not hasattr(data, "get_state"):
+        log.warning("The data iterator has no get_state/set_state: a resumed run will not continue its stream.")
+    abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), train_step.abstract,
+                            train_step.shardings)
+    restored = checkpointer.restore_latest(abstract)
+    if restored is None:
+        return initial_state(_host_params(init_params_or_checkpoint, model_cfg), config.optimizer,
+                             train_step.shardings), None
+    step, state, data_state = restored
+    if hasattr(data, "set_state"):
+        data.set_state(data_state)
+    log.info("Resumed from step %d of %s.", step, checkpointer.directory)
+    return state, step
+
+
+def _record_data_stats(data: Any, output_dir: pathlib.Path) -> None:
+    if isinstance(getattr(data, "stats", None), PackingStats):
+        log.info("Training data: %s", data.stats)
+        if jax.process_index() == 0:
+            write_json_atomic(output_dir / "data_stats.json", dataclasses.asdict(data.stats))
+
+
 def train(config: TrainConfig, model_cfg: TransformerConfig, init_params_or_checkpoint: Any,
           data: Iterator[dict[str, np.ndarray]], output_dir: str | os.PathLike,
-          mesh: jax.sharding.Mesh | None = None) -> tuple[TrainState, TrainSummary]:
+          mesh: jax.sharding.Mesh | None = None, loss_fn: LossFn = cross_entropy_loss
+          ) -> tuple[TrainState, TrainSummary]:
     """Trains to `config.steps`, resuming from the newest restorable checkpoint in `output_dir/checkpoints`.
 
     `init_params_or_checkpoint`: a parameter tree, or a checkpoint path/name for `lsi.checkpoints.load_checkpoint`
     (only read when there is nothing to resume). `data` yields batches of `lsi.training.data` features; its
     position is checkpointed when it has `get_state`/`set_state` (`PackedBatches` does).
     """
-    output_dir = pathlib.Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    model_cfg = _model_config(config, model_cfg)
-    if mesh is None:
-        mesh = make_mesh(MeshConfig(*config.mesh))
-    batch_shape = (config.batch_size, config.seq_length)
-    step_fn, shardings, abstract = _compiled_step(model_cfg, config.optimizer, config.num_microbatches, mesh,
-                                                  batch_shape)
-    batch_sharding = logical_sharding(BATCH_AXES, batch_shape, mesh)
-    checkpointer = Checkpointer(output_dir / "checkpoints", keep=config.keep_checkpoints)
-    abstract_sharded = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract,
-                                    shardings)
-    if not hasattr(data, "get_state"):
-        log.warning("The data iterator has no get_state/set_state: a resumed run will not continue its stream.")
-    restored = checkpointer.restore_latest(abstract_sharded)
-    if restored is not None:
-        restored_from, state, data_state = restored
-        if hasattr(data, "set_state"):
-            data.set_state(data_state)
-        log.info("Resumed from step %d of %s.", restored_from, checkpointer.directory)
-    else:
-        restored_from = None
-        state = initial_state(_host_params(init_params_or_checkpoint, model_cfg), config.optimizer, shardings,
-                              config.seed)
-    start = int(state.step)
-    if isinstance(getattr(data, "stats", None), PackingStats):
-        log.info("Training data: %s", data.stats)
-        if jax.process_index() == 0:
-            write_json_atomic(output_dir / "data_stats.json", dataclasses.asdict(data.stats))
-    flops_per_slot = model_cfg.flops_per_token(config.seq_length)
-    metrics_log = _MetricsLog(output_dir, start)
-    history: list[dict[str, float]] = []
-    pending: list[tuple[int, dict[str, jax.Array], int]] = []
-    last_time, last_good = time.perf_counter(), restored_from
-
-    def flush() -> None:
-        nonlocal last_time
-        if not pending:
-            return
-        fetched = jax.device_get([m for _, m, _ in pending])
-        now = time.perf_counter()
-        elapsed = now - last_time
-        last_time = now
-        timed = [t for _, _, t in pending if t is not None]  # None: the step that included the compile
-        real_tokens = sum(timed)
-        for (step, _, _), values in zip(pending, fetched):
-            if not (math.isfinite(values["loss"]) and math.isfinite(values["grad_norm"])):
-                raise NonFiniteLossError(
-                    f"Non-finite loss ({values['loss']}) or grad norm ({values['grad_norm']}) at step {step}; "
-                    f"stopped. The last good checkpoint is step {last_good} in {checkpointer.directory}.")
-        step, values = pending[-1][0], {k: float(v) for k, v in fetched[-1].items()}
-        if timed:
-            slots_per_s = len(timed) * config.batch_size * config.seq_length / elapsed
-            values.update(tokens_per_s=real_tokens / elapsed, slots_per_s=slots_per_s,
-                          steps_per_s=len(timed) / elapsed)
-            if config.peak_flops_per_s:
-                values["mfu"] = flops_per_slot * slots_per_s / config.peak_flops_per_s
-        metrics_log.write(step, values)
-        history.append({"step": step, **values})
-        pending.clear()
-
     from tqdm.auto import tqdm  # noqa: PLC0415
 
+    output_dir = pathlib.Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    model_cfg = training_model_config(config, model_cfg)
+    mesh = make_mesh(MeshConfig(*config.mesh)) if mesh is None else mesh
+    batch_shape = (config.batch_size, config.seq_length)
+    train_step = make_train_step(model_cfg, config.optimizer, config.num_microbatches, mesh, batch_shape, loss_fn)
+    checkpointer = Checkpointer(output_dir / "checkpoints", keep=config.keep_checkpoints)
+    state, restored_from = restore_or_init(checkpointer, train_step, init_params_or_checkpoint, config, model_cfg,
+                                           data)
+    start = int(state.step)
+    _record_data_stats(data, output_dir)
+    logger = MetricsLogger(output_dir, start, config, model_cfg.flops_per_token(config.seq_length),
+                           checkpointer.directory, restored_from)
     bar = tqdm(total=config.steps, initial=start, disable=not config.progress_bar, desc="train")
     try:
         for step in range(start, config.steps):
             host_batch = next(data)
-            real = int(np.count_nonzero(host_batch["segment_ids"]))
-            batch = _device_batch(host_batch, batch_shape, batch_sharding)
-            state, metrics = step_fn(state, batch)
+            state, metrics = train_step(state, _device_batch(host_batch, batch_shape, train_step.batch_sharding))
             done = step + 1
-            if step == start:  # keep the compile out of the throughput figures
-                jax.block_until_ready(metrics)
-                now = time.perf_counter()
-                log.info("First step (with compile) took %.1f s.", now - last_time)
-                last_time = now
-                pending.append((done, metrics, None))
-            else:
-                pending.append((done, metrics, real))
+            logger.record(done, metrics, None if step == start else int(np.count_nonzero(host_batch["segment_ids"])))
             save = done % config.checkpoint_every == 0 or done == config.steps
-            if save or done % config.log_every == 0:
-                flush()
-                if history:
-                    bar.set_postfix(loss=f"{history[-1]['loss']:.4f}")
+            if (save or done % config.log_every == 0) and (latest := logger.flush()) is not None:
+                bar.set_postfix(loss=f"{latest['loss']:.4f}")
             if save:
-                data_state = data.get_state() if hasattr(data, "get_state") else {}
-                checkpointer.save(done, state, data_state)
-                last_good = done
+                checkpointer.save(done, state, data.get_state() if hasattr(data, "get_state") else {})
+                logger.checkpointed(done)
             bar.update(1)
-        flush()
+        logger.flush()
     finally:
         bar.close()
-        metrics_log.close()
+        logger.close()
         checkpointer.close()
-    return state, TrainSummary(start, int(state.step), restored_from, history)
+    return state, TrainSummary(start, int(state.step), restored_from, logger.history)
 
 
 def export_hf(model_cfg: TransformerConfig, params: Any, directory: str | os.PathLike, vocabulary: Any = None,
