@@ -75,9 +75,17 @@ log = logging.getLogger(__name__)
 
 STAGES = ("screen", "questions", "exemplars", "sample", "vote", "format", "train", "eval", "self_improve", "report")
 
-for _config_class in (SampleStageConfig, VoteStageConfig, FormatStageConfig, EvalConfig, MeshConfig, TrainConfig,
-                      OptimizerConfig, QuestionGenConfig, PromptGenConfig, ScreenConfig, *SAMPLING_METHODS):
-    gin.external_configurable(_config_class, module="lsi")
+# The gin-configurable version of each config class (lsi.SampleStageConfig, ..., lsi.Temperature).
+_CONFIGURABLE = {cls: gin.external_configurable(cls, module="lsi") for cls in (
+    SampleStageConfig, VoteStageConfig, FormatStageConfig, EvalConfig, MeshConfig, TrainConfig, OptimizerConfig,
+    QuestionGenConfig, PromptGenConfig, ScreenConfig, *SAMPLING_METHODS)}
+
+
+def _configured(cls: type) -> Any:
+    """An `Experiment` field whose default takes the gin bindings of `cls`: `lsi.ScreenConfig.dev_size = 100` applies
+    without also binding `lsi.Experiment.screen = @lsi.ScreenConfig()` (with a plain default it was silently
+    ignored)."""
+    return dataclasses.field(default_factory=lambda: _CONFIGURABLE[cls]())
 
 
 @gin.configurable(module="lsi")
@@ -101,24 +109,24 @@ class Experiment:
     coordinator_address: str | None = None
     num_processes: int | None = None
     process_id: int | None = None
-    mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
-    sample: SampleStageConfig = dataclasses.field(default_factory=SampleStageConfig)
-    vote: VoteStageConfig = dataclasses.field(default_factory=VoteStageConfig)
-    format: FormatStageConfig = dataclasses.field(default_factory=FormatStageConfig)
-    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
-    eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+    mesh: MeshConfig = _configured(MeshConfig)
+    sample: SampleStageConfig = _configured(SampleStageConfig)
+    vote: VoteStageConfig = _configured(VoteStageConfig)
+    format: FormatStageConfig = _configured(FormatStageConfig)
+    train: TrainConfig = _configured(TrainConfig)
+    eval: EvalConfig = _configured(EvalConfig)
     # Table 6: the `questions` stage writes questions seeded by this task's pool (None: `task`).
     question_task: str | None = None
-    questions: QuestionGenConfig = dataclasses.field(default_factory=QuestionGenConfig)
+    questions: QuestionGenConfig = _configured(QuestionGenConfig)
     # Figure 3: the `exemplars` stage writes templates; with `generated_exemplars`, `task` is prompted with them,
     # each question getting one template by a stable hash of its id (the paper rotates 20 templates of 4 shots).
-    exemplars: PromptGenConfig = dataclasses.field(default_factory=PromptGenConfig)
+    exemplars: PromptGenConfig = _configured(PromptGenConfig)
     generated_exemplars: bool = False
     # Sampling decodes layer by layer (faster steps for SmolLM2); False runs the scanned decode, which compiles
     # several times faster, and for deep, narrow models also samples faster (see `lsi.decoding.TransformerLM`).
     layerwise_decode: bool = True
     # The screen stage's grid (tasks x prompt styles x temperatures), measured on the dev split before training.
-    screen: ScreenConfig = dataclasses.field(default_factory=ScreenConfig)
+    screen: ScreenConfig = _configured(ScreenConfig)
     # How every stage writes prompts and training examples (lsi.tasks.prompt_style): 'chat' renders the model's own
     # chat template, 'plain' the paper's few-shot text, 'auto' is 'chat' for a checkpoint that carries a template.
     prompt_style: str = "auto"

@@ -115,6 +115,17 @@ def test_includes_resolve_from_the_repository_root():
             assert (REPO / included).is_file(), f"{path.name}: include {included}"
 
 
+def test_a_config_class_binding_applies_without_binding_the_experiment_field():
+    """`lsi.ScreenConfig.dev_size = 7` reaches the experiment's screen config with no
+    `lsi.Experiment.screen = @lsi.ScreenConfig()` line (eval_smollm2.gin includes no lmsi.gin)."""
+    lsi_main.parse_gin([_rel(GIN / "runs" / "eval_smollm2.gin")], [
+        f"lsi.Experiment.run_dir = '{RUN_DIR}'", "lsi.ScreenConfig.dev_size = 7",
+        "lsi.VoteStageConfig.max_paths_per_question = 3", "lsi.QuestionGenConfig.num_prompts = 5"])
+    experiment = lsi_main.Experiment()
+    assert experiment.screen.dev_size == 7 and experiment.vote.max_paths_per_question == 3
+    assert experiment.questions.num_prompts == 5 and experiment.eval.num_samples == 8  # and the file's own bindings
+
+
 def test_paper_setting_is_the_papers():
     experiment = bind(GIN / "runs" / "palm_540b_gsm8k.gin")
     assert experiment.model == "palm_540b" and experiment.task == "gsm8k"
