@@ -7,6 +7,7 @@ line of any malformed record or undecodable byte.
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import json
 import os
@@ -47,6 +48,8 @@ def write_jsonl_atomic(path: str | os.PathLike, records: Iterable[Any]) -> pathl
 
 
 def _json_default(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):  # a config inside a record, e.g. its method
+        return dataclasses.asdict(value)
     if hasattr(value, "item"):  # numpy scalars
         return value.item()
     if hasattr(value, "tolist"):

@@ -109,12 +109,12 @@ def test_every_format_preset_trains_in_both_styles_with_the_loss_on_the_answer_o
         assert all(t.startswith(" ") and "<|im_end|>" not in t for t in text["targets"])
     name = register_formatted_task(f"lsi_test_style_{style}_{preset}", tmp_path / "formats", smollm2_vocab)
     examples = load_seqio_examples(name)
-    for (inputs, targets), target_text in zip(examples, text["targets"]):
+    for example, target_text in zip(examples, text["targets"]):
         # Chat targets end with the turn's own token, not an extra EOS; plain ones get EOS (<|im_end|> here too).
-        assert smollm2_vocab.detokenize(targets) == target_text + ("" if style == "chat" else "<|im_end|>")
+        assert example.weight == 1.0 and smollm2_vocab.detokenize(example.targets) == target_text + ("" if style == "chat" else "<|im_end|>")
     packed = pack_examples(examples[:1], seq_length=2048)
     mask = packed["loss_mask"][0].astype(bool)
-    assert smollm2_vocab.detokenize(packed["tokens"][0][mask]) == smollm2_vocab.detokenize(examples[0][1])
+    assert smollm2_vocab.detokenize(packed["tokens"][0][mask]) == smollm2_vocab.detokenize(examples[0].targets)
     assert smollm2_vocab.detokenize(packed["tokens"][0][~mask & (packed["segment_ids"][0] > 0)]) == \
         text["inputs"][0]
 
@@ -180,5 +180,5 @@ def test_llama3_style_bos_appears_exactly_once_in_sampler_prompts_and_training_r
                          prompter)
         examples = load_seqio_examples(register_formatted_task(f"lsi_test_llama3_{prompter.style}", out,
                                                                llama3_vocab))
-        assert all(inputs[0] == bos and list(inputs).count(bos) == 1 for inputs, _ in examples)
-        assert all(bos not in targets for _, targets in examples)
+        assert all(e.inputs[0] == bos and list(e.inputs).count(bos) == 1 for e in examples)
+        assert all(bos not in e.targets for e in examples)

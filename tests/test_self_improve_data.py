@@ -1,5 +1,6 @@
 """Vote and format stages on hand-made sample shards: pseudo labels, the four formats, SeqIO read-back."""
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -7,6 +8,7 @@ import pathlib
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from lsi.io_utils import write_json_atomic, write_jsonl_atomic
@@ -15,6 +17,7 @@ from lsi.self_improve.formats import (
     register_formatted_task,
     register_mixture,
     run_format_stage,
+    training_examples,
 )
 from lsi.self_improve.sampling import SampleStageConfig, shard_path
 from lsi.self_improve.voting import VoteStageConfig, read_pseudo_labels, run_vote_stage
@@ -36,7 +39,7 @@ def _write_samples(directory, texts=TEXTS):
     config = SampleStageConfig(num_samples=4, num_shards=2)
     ids = list(texts)
     write_json_atomic(directory / "sampling_config.json",
-                      {**config.__dict__, "task": "toy_sums", "max_questions": len(ids)})
+                      {**dataclasses.asdict(config), "task": "toy_sums", "max_questions": len(ids)})
     ranges = [(0, 2), (2, 3)]
     for index, (begin, end) in enumerate(ranges):
         records = [
@@ -193,6 +196,38 @@ def test_tfrecords_read_back_through_seqio(voted):
     mixture = register_mixture("lsi_test_toy_mixture", {name: tmp_path / "formats"})
     assert seqio.get_mixture_or_task(mixture).get_rate(seqio.get_mixture_or_task(name)) == 16.0
     assert json.loads((tmp_path / "formats" / "manifest.json").read_text())["config"]["num_shards"] == 2
+
+
+def test_vote_share_weights_reach_the_training_examples(voted):
+    """example_weight='vote_share': every example of a question carries its vote share through the TFRecords and
+    SeqIO into packing; 'uniform' shards carry no weight feature (their bytes are what they were) and read as 1.0."""
+    from lsi.training.data import load_seqio_examples, pack_examples
+    from lsi.vocab import load_vocabulary
+
+    tmp_path, _ = voted
+    task, vocab = toy_task(num_pool=3), load_vocabulary("smollm2-135m-instruct")
+    labels = tmp_path / "votes" / "pseudo_labels.jsonl"
+    shares = {r["question_id"]: r["vote_share"] for r in read_pseudo_labels(labels)}
+    weighted = run_format_stage(task, labels, tmp_path / "weighted", FormatStageConfig(num_shards=1,
+                                                                                       example_weight="vote_share"))
+    uniform = run_format_stage(task, labels, tmp_path / "uniform", FormatStageConfig(num_shards=1))
+    assert weighted["config"]["example_weight"] == "vote_share" and uniform["config"]["example_weight"] == "uniform"
+    read = {}
+    for name in ("weighted", "uniform"):
+        read[name] = load_seqio_examples(register_formatted_task(f"lsi_test_toy_{name}", tmp_path / name, vocab))
+    expected = [shares[r["question_id"]] for r in training_examples(task, read_pseudo_labels(labels),
+                                                                    FormatStageConfig().resolved_formats())]
+    assert [e.weight for e in read["weighted"]] == pytest.approx(expected) and set(expected) == {0.75, 0.25}
+    assert {e.weight for e in read["uniform"]} == {1.0}
+    assert [list(e.targets) for e in read["weighted"]] == [list(e.targets) for e in read["uniform"]]
+    assert b"weight" not in (tmp_path / "uniform" / "examples-00000-of-00001.tfrecord").read_bytes()
+    packed = pack_examples(read["weighted"][:2], seq_length=1024)  # one row, two segments
+    for segment, example in zip((1, 2), read["weighted"][:2]):
+        in_segment = packed["segment_ids"][0] == segment
+        np.testing.assert_array_equal(packed["loss_weights"][0][in_segment],
+                                      np.where(packed["loss_mask"][0][in_segment] == 1, example.weight, 0.0))
+    with pytest.raises(ValueError, match="example_weight must be one of"):
+        FormatStageConfig(example_weight="share")
 
 
 def test_fewer_shards_replace_the_old_set(voted):

@@ -219,6 +219,34 @@ def test_a_loss_fn_is_the_seam_for_another_objective():
     assert float(other["scored"]) == 1.0 and float(other["accuracy"]) == float(base["accuracy"])
 
 
+def test_example_weights_scale_each_examples_share_of_the_loss():
+    """loss_weights: the loss is the weighted mean of target-token cross entropy (a weight-0 example adds nothing to
+    the loss or the gradient), and all-ones weights give exactly the unweighted step."""
+    params = _params()
+    examples = _examples()[:2]
+    (inp_a, tgt_a), (inp_b, tgt_b) = examples
+    a_alone, b_alone = (per_example_losses(CFG, params, pack_examples([e], 64, eos_id=EOS))[0, 0] for e in examples)
+    n_a, n_b = len(tgt_a) + 1, len(tgt_b) + 1  # + EOS: each target token is predicted once
+    mesh = make_mesh((1, 1, 1), devices=jax.devices()[:1])
+    train_step = make_train_step(CFG, OPT, 1, mesh, (1, 64))
+    state = lambda: initial_state(params, OPT, train_step.shardings)  # noqa: E731
+    for weights in [(1.0, 1.0), (0.25, 1.0), (1.0, 0.0)]:
+        batch = pack_examples([(inp_a, tgt_a, weights[0]), (inp_b, tgt_b, weights[1])], 64, eos_id=EOS)
+        _, metrics = train_step(state(), batch)
+        expected = (weights[0] * n_a * a_alone + weights[1] * n_b * b_alone) / (weights[0] * n_a + weights[1] * n_b)
+        np.testing.assert_allclose(float(metrics["loss"]), expected, rtol=1e-5)
+    only_a = pack_examples([(inp_a, tgt_a, 1.0), (inp_b, tgt_b, 0.0)], 64, eos_id=EOS)
+    alone = dict(pack_examples([examples[0]], 64, eos_id=EOS))
+    new_weighted, _ = train_step(state(), only_a)
+    new_alone, _ = train_step(state(), alone)
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-7), new_weighted.params,
+                 new_alone.params)
+    unweighted = {k: v for k, v in pack_examples(examples, 64, eos_id=EOS).items() if k != "loss_weights"}
+    ones = pack_examples(examples, 64, eos_id=EOS)
+    (_, m1), (_, m2) = train_step(state(), unweighted), train_step(state(), ones)
+    assert float(m1["loss"]) == float(m2["loss"]) and float(m1["grad_norm"]) == float(m2["grad_norm"])
+
+
 def test_bfloat16_compute_trains_close_to_float32():
     ref_losses, _ = _single_device_run()
     mesh = make_mesh((1, 1, 1), devices=jax.devices()[:1])

@@ -1,7 +1,8 @@
 """Stage 3: every kept reasoning path becomes the paper's four training examples (PAPER.md section 3, Table 2).
 
 The examples are written as TFRecord shards of `tf.train.Example`s with `inputs` and `targets` text (plus
-`question_id`, `format`, `sample_index` for inspection) and registered as a SeqIO Task named after the run, so
+`question_id`, `format`, `sample_index` for inspection, and `weight`, the example's weight in the loss, when
+`example_weight` is not uniform) and registered as a SeqIO Task named after the run, so
 pseudo-labelled data is just another Task; several tasks combine into one Mixture (the paper's multi-task model of
 Table 4) with rates proportional to their example counts by default.
 """
@@ -33,6 +34,11 @@ FORMAT_PRESETS: dict[str, tuple[PromptFormat, ...]] = {
     "zero_shot_cot_only": (PromptFormat.ZERO_SHOT_COT,),
 }
 TABLE5_PRESETS = ("all", "cot_free", "few_shot_cot_only")  # the paper's Table 5 rows; the rest are ours
+# How much each example counts in the training loss: 'uniform' (the paper: every kept path alike) or 'vote_share'
+# (each path weighted by its question's vote share of all m samples, so a question voted 7/8 counts with weight
+# 0.875 per path and a 2/8 plurality with 0.25; with more agreeing paths too, a question's total weight grows with
+# the square of its share). An extension that uses the vote beyond the majority; not in the paper.
+EXAMPLE_WEIGHTS = ("uniform", "vote_share")
 SHARD_PATTERN = "examples-{index:05d}-of-{count:05d}.tfrecord"
 
 
@@ -40,6 +46,12 @@ SHARD_PATTERN = "examples-{index:05d}-of-{count:05d}.tfrecord"
 class FormatStageConfig:
     formats: str | tuple[str, ...] = "all"  # a preset name (Table 5 ablations) or format names
     num_shards: int = 4
+    example_weight: str = "uniform"  # EXAMPLE_WEIGHTS
+
+    def __post_init__(self) -> None:
+        if self.example_weight not in EXAMPLE_WEIGHTS:
+            raise ValueError(f"FormatStageConfig.example_weight must be one of {EXAMPLE_WEIGHTS}, got "
+                             f"{self.example_weight!r}.")
 
     def resolved_formats(self) -> tuple[PromptFormat, ...]:
         if isinstance(self.formats, str):
@@ -50,10 +62,11 @@ class FormatStageConfig:
 
 
 def training_examples(task: Task, pseudo_labels: Sequence[dict[str, Any]], formats: Sequence[PromptFormat],
-                      prompter: Prompter = Prompter()) -> Iterator[dict[str, Any]]:
+                      prompter: Prompter = Prompter(), example_weight: str = "uniform") -> Iterator[dict[str, Any]]:
     """(inputs, targets) text pairs: for each question, each kept path, each format (paper order), written in the
-    prompter's style."""
+    prompter's style; "weight" is the example's loss weight (None for 'uniform': no weight is written)."""
     for label in pseudo_labels:
+        weight = float(label["vote_share"]) if example_weight == "vote_share" else None
         example = Example(label["question_id"], label["question"])
         exemplars = task.exemplars_for(example)
         prompts = {fmt: prompter.prompt(fmt, label["question"], exemplars) for fmt in formats}
@@ -65,6 +78,7 @@ def training_examples(task: Task, pseudo_labels: Sequence[dict[str, Any]], forma
                     "question_id": label["question_id"],
                     "format": fmt.value,
                     "sample_index": int(path["sample_index"]),
+                    "weight": weight,
                 }
 
 
@@ -76,6 +90,8 @@ def _tf_example(record: dict[str, Any]) -> bytes:
 
     features = {k: text(record[k]) for k in ("inputs", "targets", "question_id", "format")}
     features["sample_index"] = tf.train.Feature(int64_list=tf.train.Int64List(value=[record["sample_index"]]))
+    if record.get("weight") is not None:  # uniform examples carry none (SeqIO reads a missing weight as 1.0)
+        features["weight"] = tf.train.Feature(float_list=tf.train.FloatList(value=[record["weight"]]))
     # Map fields (the feature map) serialize in a per-process order unless asked not to: the same examples must give
     # the same bytes in every process and run, so a rerun's shards and their hashes match.
     return tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString(deterministic=True)
@@ -113,7 +129,8 @@ def run_format_stage(task: Task, pseudo_labels_path: str | os.PathLike, output_d
     shards: list[list[bytes]] = [[] for _ in range(config.num_shards)]
     per_format = {f.value: 0 for f in formats}
     count = 0
-    for count, record in enumerate(training_examples(task, labels, formats, prompter), start=1):
+    for count, record in enumerate(training_examples(task, labels, formats, prompter, config.example_weight),
+                                   start=1):
         shards[(count - 1) % config.num_shards].append(_tf_example(record))
         per_format[record["format"]] += 1
     outputs = {}
@@ -125,7 +142,8 @@ def run_format_stage(task: Task, pseudo_labels_path: str | os.PathLike, output_d
     _remove_stale_shards(output_dir, set(outputs))
     manifest = {
         "stage": "format",
-        "config": {"formats": [f.value for f in formats], "num_shards": config.num_shards, "task": task.name,
+        "config": {"formats": [f.value for f in formats], "num_shards": config.num_shards,
+                   "example_weight": config.example_weight, "task": task.name,
                    "answer_type": task.answer_type, **prompter.describe()},
         "inputs": {"pseudo_labels": str(pseudo_labels_path), "sha256": file_sha256(pseudo_labels_path)},
         "outputs": outputs,
@@ -168,7 +186,8 @@ def register_formatted_task(name: str, output_dir: str | os.PathLike, vocabulary
         source=seqio.TFExampleDataSource(
             split_to_filepattern={"train": shards},
             feature_description={"inputs": tf.io.FixedLenFeature([], tf.string),
-                                 "targets": tf.io.FixedLenFeature([], tf.string)},
+                                 "targets": tf.io.FixedLenFeature([], tf.string),
+                                 "weight": tf.io.FixedLenFeature([], tf.float32, default_value=1.0)},
         ),
         preprocessors=[seqio.preprocessors.tokenize, prepend_bos_preprocessor,
                        seqio.preprocessors.append_eos_after_trim],

@@ -1,10 +1,11 @@
 """Fine-tuning: t5x-style trainer, data pipeline, optimizers."""
 
-from lsi.training.data import PackedBatches, PackingStats, load_seqio_examples, pack_examples
+from lsi.training.data import PackedBatches, PackingStats, TrainingExample, load_seqio_examples, pack_examples
 from lsi.training.optimizers import OptimizerConfig, make_optimizer
 from lsi.training.trainer import NonFiniteLossError, TrainConfig, TrainState, TrainSummary, export_hf, train
 
 __all__ = [
-    "PackedBatches", "PackingStats", "load_seqio_examples", "pack_examples", "OptimizerConfig", "make_optimizer",
+    "PackedBatches", "PackingStats", "TrainingExample", "load_seqio_examples", "pack_examples", "OptimizerConfig",
+    "make_optimizer",
     "NonFiniteLossError", "TrainConfig", "TrainState", "TrainSummary", "export_hf", "train",
 ]

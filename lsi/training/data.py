@@ -14,6 +14,8 @@ Batch features (numpy, [batch, length]):
   positions    int32  position within the example
   segment_ids  int32  1.. per example in the row, 0 = padding
   loss_mask    int32  1 where the token is a target token (predicted from the tokens before it in its segment)
+  loss_weights float32 the example's weight on its target tokens (1.0 unless the format stage weights examples,
+               e.g. by vote share: `FormatStageConfig.example_weight`), 0 elsewhere
 """
 
 from __future__ import annotations
@@ -24,7 +26,26 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-FEATURES = ("tokens", "positions", "segment_ids", "loss_mask")
+FEATURES = ("tokens", "positions", "segment_ids", "loss_mask", "loss_weights")
+FEATURE_DTYPES = {k: np.float32 if k == "loss_weights" else np.int32 for k in FEATURES}
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingExample:
+    """One (inputs, targets) pair of token ids and the weight of its target tokens in the loss."""
+
+    inputs: np.ndarray  # [inputs_len] int32
+    targets: np.ndarray  # [targets_len] int32
+    weight: float = 1.0
+
+    @classmethod
+    def of(cls, example: Any) -> "TrainingExample":
+        """A `TrainingExample`, or an (inputs, targets) or (inputs, targets, weight) sequence."""
+        if isinstance(example, TrainingExample):
+            return example
+        inputs, targets, *weight = example
+        return cls(np.asarray(inputs, np.int32).reshape(-1), np.asarray(targets, np.int32).reshape(-1),
+                   float(weight[0]) if weight else 1.0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,8 +59,9 @@ class PackingStats:
     efficiency: float  # real tokens / token slots in an epoch's rows
 
 
-def load_seqio_examples(name: str, split: str = "train") -> list[tuple[np.ndarray, np.ndarray]]:
-    """(inputs, targets) ids of every example of a registered SeqIO task or mixture, read once, unshuffled.
+def load_seqio_examples(name: str, split: str = "train") -> list[TrainingExample]:
+    """Every example of a registered SeqIO task or mixture, read once, unshuffled: inputs and targets ids, and the
+    example's "weight" feature where the task has one (1.0 otherwise).
 
     The task's own preprocessors tokenize and append EOS to "targets" (see `lsi.self_improve.formats`). A mixture
     is read as the union of its tasks, every example once (its rates are not applied: `register_mixture`'s default
@@ -53,7 +75,8 @@ def load_seqio_examples(name: str, split: str = "train") -> list[tuple[np.ndarra
     examples = []
     try:
         for ex in dataset.as_numpy_iterator():
-            examples.append((np.asarray(ex["inputs"], np.int32), np.asarray(ex["targets"], np.int32)))
+            examples.append(TrainingExample(np.asarray(ex["inputs"], np.int32), np.asarray(ex["targets"], np.int32),
+                                            float(ex.get("weight", 1.0))))
     except tf.errors.DataLossError as e:
         raise ValueError(_data_loss_message(provider, name, split, e)) from None
     if not examples:
@@ -99,11 +122,12 @@ def _fit(inputs: np.ndarray, targets: np.ndarray, length: int) -> tuple[np.ndarr
 class PackedBatches:
     """An endless, resumable iterator of packed numpy batches (see the module docstring).
 
-    `examples`: a SeqIO task/mixture name, or a sequence of (inputs_ids, targets_ids). With `eos_id` set, EOS is
-    appended to every target that does not already end with it (a plain list usually lacks it; SeqIO adds it).
+    `examples`: a SeqIO task/mixture name, or a sequence of `TrainingExample`s or (inputs_ids, targets_ids[, weight])
+    tuples. With `eos_id` set, EOS is appended to every target that does not already end with it (a plain list
+    usually lacks it; SeqIO adds it).
     """
 
-    def __init__(self, examples: str | Sequence[tuple[Sequence[int], Sequence[int]]], batch_size: int,
+    def __init__(self, examples: str | Sequence[Any], batch_size: int,
                  seq_length: int, seed: int = 0, eos_id: int | None = None, shuffle: bool = True,
                  position: int = 0):
         if isinstance(examples, str):
@@ -113,8 +137,12 @@ class PackedBatches:
         self.batch_size, self.seq_length, self.seed, self.shuffle = batch_size, seq_length, seed, shuffle
         inputs_cut = targets_cut = dropped = 0
         self._examples: list[tuple[np.ndarray, np.ndarray]] = []
-        for i, (inp, tgt) in enumerate(examples):
-            inp, tgt = np.asarray(inp, np.int32).reshape(-1), np.asarray(tgt, np.int32).reshape(-1)
+        self._weights: list[float] = []
+        for i, example in enumerate(examples):
+            example = TrainingExample.of(example)
+            inp, tgt = example.inputs, example.targets
+            if not example.weight >= 0:
+                raise ValueError(f"Example {i} has weight {example.weight}; weights must be >= 0.")
             if eos_id is not None and (not len(tgt) or tgt[-1] != eos_id):
                 tgt = np.append(tgt, np.int32(eos_id))
             if not len(tgt):
@@ -125,6 +153,7 @@ class PackedBatches:
             targets_cut += tcut
             dropped += total - len(inp) - len(tgt)
             self._examples.append((inp, tgt))
+            self._weights.append(example.weight)
         self._lengths = np.array([len(i) + len(t) for i, t in self._examples], np.int64)
         self._epoch_rows: dict[int, list[list[int]]] = {}
         self._row_counts: list[int] = []
@@ -171,7 +200,7 @@ class PackedBatches:
 
     def pack_row(self, example_ids: Sequence[int]) -> dict[str, np.ndarray]:
         """One packed row of the given examples (they must fit)."""
-        row = {k: np.zeros(self.seq_length, np.int32) for k in FEATURES}
+        row = {k: np.zeros(self.seq_length, FEATURE_DTYPES[k]) for k in FEATURES}
         start = 0
         for seg, idx in enumerate(example_ids, start=1):
             inp, tgt = self._examples[idx]
@@ -180,6 +209,7 @@ class PackedBatches:
             row["positions"][start:start + n] = np.arange(n)
             row["segment_ids"][start:start + n] = seg
             row["loss_mask"][start + len(inp):start + n] = 1
+            row["loss_weights"][start + len(inp):start + n] = self._weights[idx]
             start += n
         return row
 
@@ -207,7 +237,7 @@ class PackedBatches:
         self.position = int(state["position"])
 
 
-def pack_examples(examples: Sequence[tuple[Sequence[int], Sequence[int]]], seq_length: int,
+def pack_examples(examples: Sequence[Any], seq_length: int,
                   eos_id: int | None = None) -> dict[str, np.ndarray]:
     """All `examples`, in order, packed into as many rows as they need: [rows, seq_length] features."""
     data = PackedBatches(examples, batch_size=1, seq_length=seq_length, eos_id=eos_id, shuffle=False)

@@ -32,7 +32,7 @@ from lsi.io_utils import write_json_atomic
 from lsi.models import Transformer, TransformerConfig, abstract_params, param_logical_axes
 from lsi.partitioning import MeshConfig, activation_sharding, constrain, logical_sharding, make_mesh, tree_shardings
 from lsi.training.checkpointing import Checkpointer
-from lsi.training.data import PackingStats
+from lsi.training.data import FEATURE_DTYPES, FEATURES, PackingStats
 from lsi.training.optimizers import OptimizerConfig, learning_rate_schedule, make_optimizer, optimizer_state_axes
 
 log = logging.getLogger(__name__)
@@ -87,7 +87,8 @@ class TrainState:
 # --- loss -------------------------------------------------------------------------------------------------------
 
 def target_token_stats(logits: jax.Array, batch: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """(sum of cross entropy, number correct, number of target tokens) over the batch's predicted target tokens.
+    """(sum of cross entropy, number correct, number of target tokens) over the batch's predicted target tokens,
+    each token counted with its example's weight when the batch has `loss_weights`.
 
     logits [batch, length, vocab] at position t predict tokens[t + 1]; a token is scored when it is a target token
     and its predecessor is in the same segment (so no prediction crosses examples in a packed row). The last
@@ -95,8 +96,11 @@ def target_token_stats(logits: jax.Array, batch: dict[str, jax.Array]) -> tuple[
     length - 1 costs a padded copy of the [batch, length, vocab] gradient in the backward pass.
     """
     tokens, seg = batch["tokens"], batch["segment_ids"]
-    next_weights = (batch["loss_mask"][:, 1:] != 0) & (seg[:, 1:] == seg[:, :-1]) & (seg[:, 1:] != 0)
-    weights = jnp.pad(next_weights.astype(jnp.float32), ((0, 0), (0, 1)))  # [batch, length]
+    next_weights = ((batch["loss_mask"][:, 1:] != 0) & (seg[:, 1:] == seg[:, :-1]) & (seg[:, 1:] != 0)
+                    ).astype(jnp.float32)
+    if "loss_weights" in batch:  # examples weighted by the format stage (e.g. by vote share); 1.0 changes nothing
+        next_weights = next_weights * batch["loss_weights"][:, 1:]
+    weights = jnp.pad(next_weights, ((0, 0), (0, 1)))  # [batch, length]
     targets = jnp.pad(tokens[:, 1:], ((0, 0), (0, 1)))  # [batch, length]; the pad is never scored
     logits = logits.astype(jnp.float32)
     log_z = jax.nn.logsumexp(logits, axis=-1)
@@ -107,8 +111,9 @@ def target_token_stats(logits: jax.Array, batch: dict[str, jax.Array]) -> tuple[
 
 
 # A loss: (model, params, batch) -> (the loss summed over the batch, per-token metrics summed over the batch, with
-# "target_tokens" among them). The step divides the loss, its gradient and every other metric by the batch's
-# target_tokens; sums, not means, so gradient accumulation over microbatches equals one big batch.
+# "target_tokens" among them: the number of target tokens, each counted with its example's weight). The step divides
+# the loss, its gradient and every other metric by the batch's target_tokens; sums, not means, so gradient
+# accumulation over microbatches equals one big batch.
 LossFn = Callable[[Transformer, Any, dict[str, jax.Array]], tuple[jax.Array, dict[str, jax.Array]]]
 
 
@@ -208,7 +213,8 @@ def make_train_step(model_cfg: TransformerConfig, opt_cfg: OptimizerConfig, num_
     def train_step(state: TrainState, batch: dict[str, jax.Array]) -> tuple[TrainState, dict[str, jax.Array]]:
         with activation_sharding(mesh):
             grads, loss_sum, sums = _summed_gradients(grad_fn, state.params, batch, num_microbatches)
-        denom = jnp.maximum(sums["target_tokens"], 1.0)
+        count = sums["target_tokens"]  # weighted when examples carry weights, so it can be below 1
+        denom = jnp.where(count > 0, count, 1.0)
         grads = jax.tree.map(lambda g: g / denom, grads)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         metrics = {"loss": loss_sum / denom, **{k: v / denom for k, v in sums.items() if k != "target_tokens"},
@@ -217,9 +223,9 @@ def make_train_step(model_cfg: TransformerConfig, opt_cfg: OptimizerConfig, num_
         return TrainState(step=state.step + 1, params=optax.apply_updates(state.params, updates),
                           opt_state=opt_state), metrics
 
-    batch_shardings = {k: batch_sharding for k in ("tokens", "positions", "segment_ids", "loss_mask")}
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    jitted = jax.jit(train_step, in_shardings=(state_shardings, batch_shardings),
+    # One sharding for every batch feature (a prefix of the batch dict): batches with or without loss_weights.
+    jitted = jax.jit(train_step, in_shardings=(state_shardings, batch_sharding),
                      out_shardings=(state_shardings, replicated), donate_argnums=(0,))
     return TrainStep(jitted, state_shardings, abstract, batch_sharding)
 
@@ -351,8 +357,8 @@ def _host_params(init_params_or_checkpoint: Any, model_cfg: TransformerConfig) -
 def _device_batch(host_batch: dict[str, np.ndarray], batch_shape: tuple[int, int],
                   sharding: jax.sharding.NamedSharding) -> dict[str, jax.Array]:
     out = {}
-    for k in ("tokens", "positions", "segment_ids", "loss_mask"):
-        x = np.asarray(host_batch[k], np.int32)
+    for k in [k for k in FEATURES if k in host_batch]:
+        x = np.asarray(host_batch[k], FEATURE_DTYPES[k])
         if jax.process_count() > 1:  # each host feeds its own rows of the global batch
             out[k] = jax.make_array_from_process_local_data(sharding, x, batch_shape)
             continue

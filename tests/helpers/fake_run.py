@@ -187,8 +187,8 @@ def write_formats_manifest(formats_dir: pathlib.Path, task: Task, pseudo_labels_
     per_format = collections.Counter(r["format"] for r in training_examples(task, labels, formats))
     write_json_atomic(formats_dir / "manifest.json", {
         "stage": "format",
-        "config": {"formats": [f.value for f in formats], "num_shards": 1, "task": task.name,
-                   "answer_type": task.answer_type},
+        "config": {"formats": [f.value for f in formats], "num_shards": 1, "example_weight": "uniform",
+                   "task": task.name, "answer_type": task.answer_type},
         "inputs": {"pseudo_labels": str(pseudo_labels_path), "sha256": file_sha256(pseudo_labels_path)},
         "outputs": {},
         "counts": {"questions": len(labels), "kept_paths": sum(len(r["paths"]) for r in labels),
