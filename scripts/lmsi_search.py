@@ -13,6 +13,7 @@ the base model on the same questions (Newcombe interval, exact McNemar p). Contr
 
     XLA_FLAGS= python scripts/lmsi_search.py --setting two_digit_add --arms paper,zero_shot,no_op,oracle
     # ~10 min for the pool's samples and the base model's dev eval, then ~8 min an arm on 2 cores
+    python scripts/lmsi_search.py --screen_grid two_digit_add,chain_sum   # the screen grid, ~15 min a setting
     python scripts/lmsi_search.py --screens two_digit_add=runs/lmsi_search/probe_add   # record a screen's cells
 
 Arms run as separate `lsi.main` processes and keep complete stages, so a rerun resumes; the JSON is rewritten after
@@ -62,6 +63,12 @@ ARMS: dict[str, tuple[str, tuple[str, ...]]] = {
     "paper_share50": ("four formats, questions with vote share >= 0.5", ("lsi.VoteStageConfig.min_vote_share = 0.5",)),
     "zero_shot_share50": ("zero-shot formats, vote share >= 0.5",
                           ("lsi.FormatStageConfig.formats = 'zero_shot'", "lsi.VoteStageConfig.min_vote_share = 0.5")),
+    "zero_shot_share70": ("zero-shot formats, vote share >= 0.7",
+                          ("lsi.FormatStageConfig.formats = 'zero_shot'", "lsi.VoteStageConfig.min_vote_share = 0.7")),
+    "zero_shot_share70_lr3e_5": ("zero-shot formats, vote share >= 0.7, AdamW at 3e-5",
+                                 ("lsi.FormatStageConfig.formats = 'zero_shot'",
+                                  "lsi.VoteStageConfig.min_vote_share = 0.7",
+                                  "lsi.OptimizerConfig.learning_rate = 3e-5")),
     "zero_shot_24steps": ("zero-shot formats, 24 steps",
                           ("lsi.FormatStageConfig.formats = 'zero_shot'", "lsi.TrainConfig.steps = 24",
                            "lsi.OptimizerConfig.total_steps = 24")),
@@ -81,6 +88,21 @@ ARMS: dict[str, tuple[str, tuple[str, ...]]] = {
                               ("lsi.VoteStageConfig.label_source = 'anti_oracle'",
                                "lsi.FormatStageConfig.formats = 'zero_shot'")),
 }
+# The screen's grid (issue 16, section 2): each setting is a task and its reasoning-gym config, screened on 100 dev
+# questions for both prompt styles x T in {0.3, 0.7, 1.0} with m = 16 sampled once (smaller m by subsampling).
+# gsm_symbolic's rationales are several sentences (128 new tokens) after a ~1,000-token 8-shot prompt, ~4x the cost
+# of a cell of the others, so it is screened at T = 0.7 only.
+SCREEN_SETTINGS: dict[str, tuple[str, dict[str, Any], tuple[str, ...]]] = {
+    "two_digit_add_sub": ("arithmetic", {}, ()),
+    "two_digit_add": ("arithmetic", {"operators": ("+",)}, ()),
+    "three_one_digit_terms": ("arithmetic", {"min_terms": 3, "max_terms": 3, "max_digits": 1}, ()),
+    "chain_sum": ("chain_sum", {}, ()),
+    "leg_counting": ("leg_counting", {}, ()),
+    "gsm_symbolic": ("gsm_symbolic", {}, ("lsi.ScreenConfig.max_new_tokens = 128",
+                                          "lsi.ScreenConfig.temperatures = (0.7,)")),
+}
+SCREEN_GRID = ("lsi.Experiment.screen = @lsi.ScreenConfig()", "lsi.ScreenConfig.dev_size = 100", "lsi.ScreenConfig.num_samples = 16",
+               "lsi.ScreenConfig.batch_size = 32")
 METRICS = {"few_shot_cot_greedy": "cot_greedy", "zero_shot_cot_greedy": "zero_shot_cot"}
 
 
@@ -136,6 +158,24 @@ def vote_summary(run_dir: pathlib.Path, setting: str) -> dict[str, Any]:
             "kept_paths_right": right_paths / counts["kept_paths"] if counts["kept_paths"] else None}
 
 
+def run_screen(work_dir: pathlib.Path, setting: str) -> pathlib.Path:
+    """The screen stage for one SCREEN_SETTINGS entry, in its own run_dir (complete cells are kept on a rerun)."""
+    task, config, bindings = SCREEN_SETTINGS[setting]
+    run_dir = work_dir / "screen" / setting
+    command = [sys.executable, "-m", "lsi.main", f"--gin_file={BASE_GIN}", f"--gin_param=lsi.Experiment.task = '{task}'",
+               f"--gin_param=lsi.Experiment.run_dir = '{run_dir}'",
+               f"--gin_param=lsi.Experiment.task_kwargs = {({'pool_size': 160, 'eval_size': 400, 'config': config})!r}",
+               *(f"--gin_param={b}" for b in (*SCREEN_GRID, *bindings)), "--stage=screen"]
+    print("$", " ".join(command), flush=True)
+    subprocess.run(command, check=True)
+    return run_dir
+
+
+def record_screen(results: dict[str, Any], setting: str, run_dir: pathlib.Path) -> None:
+    results.setdefault("screen", {})[setting] = {
+        "run_dir": str(run_dir), **json.loads((run_dir / "screen" / "results.json").read_text())}
+
+
 def run_arm(work: pathlib.Path, name: str, setting: str) -> dict[str, Any]:
     description, bindings = ARMS[name]
     run_dir = work / "arms" / name
@@ -161,6 +201,9 @@ def main() -> None:
     parser.add_argument("--arms", default="paper,zero_shot,no_op,oracle,anti_oracle")
     parser.add_argument("--work_dir", default="runs/lmsi_search")
     parser.add_argument("--output", default="benchmarks/results/lmsi_search.json")
+    parser.add_argument("--screen_grid", default="", metavar="SETTING,...",
+                        help=f"run the screen stage for these SCREEN_SETTINGS ({', '.join(SCREEN_SETTINGS)}), record "
+                             "each under screen/SETTING, then exit")
     parser.add_argument("--screens", nargs="*", default=[], metavar="SETTING=RUN_DIR",
                         help="copy a screen stage's results (RUN_DIR/screen/results.json) in under screen/SETTING, "
                              "then exit")
@@ -168,12 +211,16 @@ def main() -> None:
     work, output = pathlib.Path(args.work_dir) / args.setting, pathlib.Path(args.output)
     results = json.loads(output.read_text()) if output.exists() else {"split": "dev", "task": TASK,
                                                                        "base_gin": BASE_GIN, "settings": {}}
-    if args.screens:
+    if args.screens or args.screen_grid:
         for item in args.screens:
             setting, run_dir = item.split("=", 1)
-            results.setdefault("screen", {})[setting] = {
-                "run_dir": run_dir, **json.loads((pathlib.Path(run_dir) / "screen" / "results.json").read_text())}
+            record_screen(results, setting, pathlib.Path(run_dir))
         write_json_atomic(output, results)
+        for setting in [s for s in args.screen_grid.split(",") if s]:
+            run_dir = run_screen(pathlib.Path(args.work_dir), setting)
+            results = json.loads(output.read_text())  # read again: arms may have been recorded meanwhile
+            record_screen(results, setting, run_dir)
+            write_json_atomic(output, results)
         return
     entry = results["settings"].setdefault(args.setting, {"task_kwargs": task_kwargs(args.setting), "arms": {}})
     run_lsi(work / "pool", ["sample"], (), setting=args.setting)
