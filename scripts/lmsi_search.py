@@ -108,7 +108,8 @@ SCREEN_SETTINGS: dict[str, tuple[str, dict[str, Any], tuple[str, ...]]] = {
     "leg_counting": ("leg_counting", {}, ONE_TEMPERATURE),
     "gsm_symbolic": ("gsm_symbolic", {}, ("lsi.ScreenConfig.max_new_tokens = 128", *ONE_TEMPERATURE)),
 }
-SCREEN_GRID = ("lsi.ScreenConfig.dev_size = 100", "lsi.ScreenConfig.num_samples = 16", "lsi.ScreenConfig.batch_size = 32")
+SCREEN_GRID = ("lsi.ScreenConfig.dev_size = 100", "lsi.ScreenConfig.num_samples = 16",
+               "lsi.ScreenConfig.batch_size = 32")
 
 
 def task_kwargs(setting: str) -> dict[str, Any]:
