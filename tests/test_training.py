@@ -30,9 +30,9 @@ from lsi.training.trainer import (
     export_hf,
     initial_state,
     make_train_step,
-    per_example_losses,
     train,
 )
+from tests.helpers.losses import per_example_losses
 
 CFG = get_config("tiny")
 EOS = 2
