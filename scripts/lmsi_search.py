@@ -98,7 +98,8 @@ ARMS: dict[str, tuple[str, tuple[str, ...]]] = {
 # The screen's grid (issue 16, section 2): each setting is a task and its reasoning-gym config, screened on 100 dev
 # questions for both prompt styles with m = 16 sampled once (smaller m by subsampling). The chosen setting (a + b)
 # gets T in {0.3, 0.7, 1.0}; the others T = 0.7, the paper's sampling temperature (2 cores: a cell is 3-8 minutes).
-# gsm_symbolic's rationales are several sentences (128 new tokens) after a ~1,000-token 8-shot prompt.
+# gsm_symbolic's rationales are several sentences (128 new tokens) after a ~1,000-token 8-shot prompt, ~10x the
+# cost of an arithmetic cell: 30 questions.
 ONE_TEMPERATURE = ("lsi.ScreenConfig.temperatures = (0.7,)",)
 SCREEN_SETTINGS: dict[str, tuple[str, dict[str, Any], tuple[str, ...]]] = {
     "two_digit_add": ("arithmetic", {"operators": ("+",)}, ()),
@@ -106,7 +107,8 @@ SCREEN_SETTINGS: dict[str, tuple[str, dict[str, Any], tuple[str, ...]]] = {
     "three_one_digit_terms": ("arithmetic", {"min_terms": 3, "max_terms": 3, "max_digits": 1}, ONE_TEMPERATURE),
     "chain_sum": ("chain_sum", {}, ONE_TEMPERATURE),
     "leg_counting": ("leg_counting", {}, ONE_TEMPERATURE),
-    "gsm_symbolic": ("gsm_symbolic", {}, ("lsi.ScreenConfig.max_new_tokens = 128", *ONE_TEMPERATURE)),
+    "gsm_symbolic": ("gsm_symbolic", {}, ("lsi.ScreenConfig.max_new_tokens = 128", "lsi.ScreenConfig.dev_size = 30",
+                                          *ONE_TEMPERATURE)),
 }
 SCREEN_GRID = ("lsi.ScreenConfig.dev_size = 100", "lsi.ScreenConfig.num_samples = 16",
                "lsi.ScreenConfig.batch_size = 32")
