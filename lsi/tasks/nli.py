@@ -20,6 +20,7 @@ Labels map entailment / e -> "yes", contradiction / c -> "no", neutral / n -> "i
 from __future__ import annotations
 
 import os
+import pathlib
 
 from lsi.tasks import loading
 from lsi.tasks.base import Example, Task, data_file
@@ -49,18 +50,19 @@ def _gold(label: str, path, line) -> str:
     return loading.canonical_gold(_LABELS[key], "nli", path, line)
 
 
+def _nli_example(example_id: str, record: dict, fields: tuple[str, str, str], path: pathlib.Path,
+                 line: int) -> Example:
+    """An NLI example from a record's (premise, hypothesis, label) fields, named as the file names them."""
+    premise, hypothesis, label = (loading.field(record, name, path, line) for name in fields)
+    return Example(id=example_id, question=nli_question(premise, hypothesis), answer=_gold(label, path, line),
+                   metadata={"source": f"{path.name}:{line}"})
+
+
 def load_anli_dev(round_: int, data_dir: str | os.PathLike | None = None) -> list[Example]:
     path = data_file(ANLI_DEV.format(round=round_), data_dir)
-    examples = []
-    for line, row in loading.read_delimited(path):
-        examples.append(Example(
-            id=f"anli_r{round_}-dev-{loading.field(row, 'uid', path, line)}",
-            question=nli_question(loading.field(row, "context", path, line),
-                                  loading.field(row, "statement", path, line)),
-            answer=_gold(loading.field(row, "gold_label", path, line), path, line),
-            metadata={"source": f"{path.name}:{line}"},
-        ))
-    return examples
+    return [_nli_example(f"anli_r{round_}-dev-{loading.field(row, 'uid', path, line)}", row,
+                         ("context", "statement", "gold_label"), path, line)
+            for line, row in loading.read_delimited(path)]
 
 
 def load_anli_test(round_: int, data_dir: str | os.PathLike | None = None) -> list[Example]:
@@ -70,28 +72,15 @@ def load_anli_test(round_: int, data_dir: str | os.PathLike | None = None) -> li
     for line, record in loading.read_jsonl(path):
         if loading.field(record, "tag", path, line) != tag:
             continue
-        examples.append(Example(
-            id=f"anli_r{round_}-test-{len(examples):04d}",
-            question=nli_question(loading.field(record, "premise", path, line),
-                                  loading.field(record, "hypothesis", path, line)),
-            answer=_gold(loading.field(record, "label", path, line), path, line),
-            metadata={"source": f"{path.name}:{line}"},
-        ))
+        examples.append(_nli_example(f"anli_r{round_}-test-{len(examples):04d}", record,
+                                     ("premise", "hypothesis", "label"), path, line))
     return examples
 
 
 def load_mnli(data_dir: str | os.PathLike | None = None) -> list[Example]:
     path = data_file(MNLI_FILE, data_dir)
-    return [
-        Example(
-            id=f"mnli-dev_matched-{line - 1:05d}",
-            question=nli_question(loading.field(record, "premise", path, line),
-                                  loading.field(record, "hypothesis", path, line)),
-            answer=_gold(loading.field(record, "label", path, line), path, line),
-            metadata={"source": f"{path.name}:{line}"},
-        )
-        for line, record in loading.read_jsonl(path)
-    ]
+    return [_nli_example(f"mnli-dev_matched-{line - 1:05d}", record, ("premise", "hypothesis", "label"), path, line)
+            for line, record in loading.read_jsonl(path)]
 
 
 def anli(round_: int):
