@@ -92,7 +92,8 @@ def pseudo_label_quality(records: Sequence[dict[str, Any]], answer_type: str, th
                       if s["answer"] is not None and answers_equal(s["answer"], r["vote"], answer_type))
     kept_paths = sum(r["vote_count"] for r in kept)
     return {"threshold": threshold, "questions": len(kept), "coverage": len(kept) / len(records) if records else 0.0,
-            "precision": metrics.accuracy([r["correct"] for r in kept]).as_dict(),
+            # None, not NaN, where nothing reaches the threshold: results.json stays strict JSON.
+            "precision": metrics.accuracy([r["correct"] for r in kept]).as_dict() if kept else None,
             "kept_paths": kept_paths, "kept_paths_right": right_paths / kept_paths if kept_paths else None}
 
 

@@ -179,9 +179,20 @@ def run_screen(work_dir: pathlib.Path, setting: str) -> pathlib.Path:
     return run_dir
 
 
+def _no_nan(value: Any) -> Any:
+    """Screens written before lsi.screen recorded an empty threshold's precision as None held NaN there."""
+    if isinstance(value, dict):
+        return {k: _no_nan(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_no_nan(v) for v in value]
+    if isinstance(value, float) and value != value:  # NaN
+        return None
+    return value
+
+
 def record_screen(results: dict[str, Any], setting: str, run_dir: pathlib.Path) -> None:
     results.setdefault("screen", {})[setting] = {
-        "run_dir": str(run_dir), **json.loads((run_dir / "screen" / "results.json").read_text())}
+        "run_dir": str(run_dir), **_no_nan(json.loads((run_dir / "screen" / "results.json").read_text()))}
 
 
 def run_arm(work: pathlib.Path, name: str, setting: str) -> dict[str, Any]:

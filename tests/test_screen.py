@@ -89,6 +89,8 @@ def test_pseudo_label_quality_counts_kept_questions_and_paths():
     assert everything["precision"]["k"] == 1 and everything["kept_paths_right"] == 3 / 5
     confident = pseudo_label_quality(records, "number", 0.7)
     assert confident["questions"] == 1 and confident["kept_paths_right"] == 1.0 and confident["coverage"] == 1 / 3
+    nothing = pseudo_label_quality(records, "number", 0.9)
+    assert nothing["questions"] == 0 and nothing["precision"] is None and nothing["kept_paths_right"] is None
 
 
 def test_a_task_without_a_dev_split_cannot_be_screened():
