@@ -112,6 +112,7 @@ SCREEN_SETTINGS: dict[str, tuple[str, dict[str, Any], tuple[str, ...]]] = {
 }
 SCREEN_GRID = ("lsi.ScreenConfig.dev_size = 100", "lsi.ScreenConfig.num_samples = 16",
                "lsi.ScreenConfig.batch_size = 32")
+METRICS = {"few_shot_cot_greedy": "cot_greedy", "zero_shot_cot_greedy": "zero_shot_cot"}
 
 
 def task_kwargs(setting: str) -> dict[str, Any]:
