@@ -119,15 +119,20 @@ def task_kwargs(setting: str) -> dict[str, Any]:
     return {"pool_size": 160, "eval_size": 400, "config": SETTINGS[setting]}
 
 
-def run_lsi(run_dir: pathlib.Path, stages: list[str], bindings: tuple[str, ...], extra: tuple[str, ...] = (),
-            setting: str = "two_digit_add_sub") -> None:
+def _lsi_main(run_dir: pathlib.Path, kwargs: dict[str, Any], bindings: tuple[str, ...], stages: list[str],
+              extra: tuple[str, ...] = ()) -> None:
+    """Runs `lsi.main` on the quickstart's gin file with these task kwargs and bindings, printing the command."""
     command = [sys.executable, "-m", "lsi.main", f"--gin_file={BASE_GIN}",
                f"--gin_param=lsi.Experiment.run_dir = '{run_dir}'",
-               f"--gin_param=lsi.Experiment.task_kwargs = {task_kwargs(setting)!r}",
-               *(f"--gin_param={b}" for b in (*RECIPE, *bindings)),
-               *(f"--stage={s}" for s in stages), *extra]
+               f"--gin_param=lsi.Experiment.task_kwargs = {kwargs!r}",
+               *(f"--gin_param={b}" for b in bindings), *(f"--stage={s}" for s in stages), *extra]
     print("$", " ".join(command), flush=True)
     subprocess.run(command, check=True)
+
+
+def run_lsi(run_dir: pathlib.Path, stages: list[str], bindings: tuple[str, ...], extra: tuple[str, ...] = (),
+            setting: str = "two_digit_add_sub") -> None:
+    _lsi_main(run_dir, task_kwargs(setting), (*RECIPE, *bindings), stages, extra)
 
 
 def samples_dir(run_dir: pathlib.Path) -> pathlib.Path:
@@ -171,12 +176,8 @@ def run_screen(work_dir: pathlib.Path, setting: str) -> pathlib.Path:
     """The screen stage for one SCREEN_SETTINGS entry, in its own run_dir (complete cells are kept on a rerun)."""
     task, config, bindings = SCREEN_SETTINGS[setting]
     run_dir = work_dir / "screen" / setting
-    command = [sys.executable, "-m", "lsi.main", f"--gin_file={BASE_GIN}", f"--gin_param=lsi.Experiment.task = '{task}'",
-               f"--gin_param=lsi.Experiment.run_dir = '{run_dir}'",
-               f"--gin_param=lsi.Experiment.task_kwargs = {({'pool_size': 160, 'eval_size': 400, 'config': config})!r}",
-               *(f"--gin_param={b}" for b in (*SCREEN_GRID, *bindings)), "--stage=screen"]
-    print("$", " ".join(command), flush=True)
-    subprocess.run(command, check=True)
+    _lsi_main(run_dir, {"pool_size": 160, "eval_size": 400, "config": config},
+              (f"lsi.Experiment.task = '{task}'", *SCREEN_GRID, *bindings), ["screen"])
     return run_dir
 
 
