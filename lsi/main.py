@@ -68,6 +68,7 @@ from lsi.stage_lineage import (
     vote_lineage,
 )
 from lsi.tasks.prompt_style import STYLES, Prompter
+from lsi.training.lora import LoraConfig
 from lsi.training.optimizers import OptimizerConfig
 from lsi.training.trainer import TrainConfig
 
@@ -78,7 +79,7 @@ STAGES = ("screen", "questions", "exemplars", "sample", "vote", "format", "train
 # The gin-configurable version of each config class (lsi.SampleStageConfig, ..., lsi.Temperature).
 _CONFIGURABLE = {cls: gin.external_configurable(cls, module="lsi") for cls in (
     SampleStageConfig, VoteStageConfig, FormatStageConfig, EvalConfig, MeshConfig, TrainConfig, OptimizerConfig,
-    QuestionGenConfig, PromptGenConfig, ScreenConfig, *SAMPLING_METHODS)}
+    QuestionGenConfig, PromptGenConfig, ScreenConfig, LoraConfig, *SAMPLING_METHODS)}
 
 
 def _configured(cls: type) -> Any:
@@ -521,12 +522,13 @@ def abstract_plan(experiment: Experiment, num_devices: int) -> dict[str, Any]:
     from lsi.checkpoints import load_checkpoint  # noqa: PLC0415
     from lsi.models.configs import config_names, get_config  # noqa: PLC0415
     from lsi.training.optimizers import make_optimizer  # noqa: PLC0415
-    from lsi.training.trainer import state_axes_and_abstract  # noqa: PLC0415
+    from lsi.training.trainer import parameterization, state_axes_and_abstract  # noqa: PLC0415
 
     cfg = get_config(experiment.model) if experiment.model in config_names() else load_checkpoint(experiment.model)[0]
     shape = experiment.mesh.shape(num_devices)
     mesh = partitioning.make_abstract_mesh(shape)
-    axes, abstract = state_axes_and_abstract(cfg, make_optimizer(experiment.train.optimizer))
+    axes, abstract = state_axes_and_abstract(cfg, make_optimizer(experiment.train.optimizer),
+                                             parameterization(experiment.train))
     return {
         "model": experiment.model,
         "num_params": cfg.num_params,
