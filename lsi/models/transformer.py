@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lsi.models.configs import TransformerConfig
-from lsi.models.custom_grads import dense, gated_mlp, output_logits
+from lsi.models.custom_grads import matmuls
 from lsi.partitioning import constrain
 
 Array = jax.Array
@@ -176,6 +176,7 @@ class Attention(nn.Module):
         """x: [..., length, embed] -> q [..., length, heads, hd], k and v [..., length, kv_heads, hd]."""
         cfg = self.config
         dt = cfg.dtype
+        dense = matmuls(cfg).dense
         q = dense(x, self.query.astype(dt))  # [..., heads, hd]
         k = dense(x, self.key.astype(dt))  # [..., kv_heads, hd]
         v = dense(x, self.value.astype(dt))
@@ -195,7 +196,7 @@ class Attention(nn.Module):
         """[..., kv_heads, group, hd] -> [..., embed]."""
         cfg = self.config
         merged = attended.reshape(*attended.shape[:-3], cfg.num_heads, cfg.head_dim).astype(cfg.dtype)
-        return dense(merged, self.out.astype(cfg.dtype), 2)
+        return matmuls(cfg).dense(merged, self.out.astype(cfg.dtype), 2)
 
     def __call__(self, x: Array, positions: Array, segment_ids: Array,
                  context: tuple[Array, Array] | None = None) -> tuple[Array, tuple[Array, Array]]:
@@ -287,7 +288,8 @@ class MLP(nn.Module):
         gate_kernel = _param(self, "gate", (d, f), ("embed", "mlp"), _fan_in_init((0,)))
         up_kernel = _param(self, "up", (d, f), ("embed", "mlp"), _fan_in_init((0,)))
         down_kernel = _param(self, "down", (f, d), ("mlp", "embed"), _fan_in_init((0,)))
-        return gated_mlp(x, gate_kernel.astype(dt), up_kernel.astype(dt), down_kernel.astype(dt), cfg.activation)
+        return matmuls(cfg).gated_mlp(x, gate_kernel.astype(dt), up_kernel.astype(dt), down_kernel.astype(dt),
+                                      cfg.activation)
 
 
 class Block(nn.Module):
@@ -365,7 +367,7 @@ class Transformer(nn.Module):
         cfg = self.config
         x = self.final_norm(x)
         head = self.embedding if cfg.tie_embeddings else self.lm_head
-        logits = output_logits(x, head.astype(cfg.dtype), cfg.tie_embeddings)
+        logits = matmuls(cfg).output_logits(x, head.astype(cfg.dtype), cfg.tie_embeddings)
         if cfg.logits_scale is not None:
             logits = logits * cfg.logits_scale
         return logits
