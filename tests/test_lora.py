@@ -18,7 +18,14 @@ from lsi.partitioning import make_mesh
 from lsi.training.data import PackedBatches
 from lsi.training.lora import LoraConfig, LoraParams, init_adapters, merge
 from lsi.training.optimizers import OptimizerConfig
-from lsi.training.trainer import TrainConfig, export_hf, initial_state, make_train_step, parameterization, train
+from lsi.training.trainer import (
+    TrainConfig,
+    export_hf,
+    initial_state,
+    make_train_step,
+    parameterization,
+    train,
+)
 
 CFG = get_config("tiny")
 BATCH, LENGTH, EOS = 8, 32, 2
@@ -103,7 +110,7 @@ def test_only_the_adapters_train(lora_run):
 
 
 def test_lora_resume_is_exact(lora_run, tmp_path):
-    root, full, _ = lora_run
+    _, full, _ = lora_run
     train(_config(steps=3), CFG, _params(), _data(), tmp_path / "run")
     resumed, summary = train(_config(), CFG, "unused: resuming", _data(), tmp_path / "run")
     assert summary.restored_from == 3
