@@ -150,7 +150,7 @@ class _TrainSide:
 class OursTrainStep(_TrainSide):
     """Our side, built in its own process: the jitted train step on `work`'s batch, one step per `run_once`."""
 
-    def __init__(self, work: Workload) -> None:
+    def __init__(self, work: Workload, custom_grads: bool | None = None) -> None:
         import jax  # noqa: PLC0415
         import jax.numpy as jnp  # noqa: PLC0415
 
@@ -165,7 +165,7 @@ class OursTrainStep(_TrainSide):
         opt = OptimizerConfig(name="adamw", learning_rate=work.learning_rate, clip_norm=1.0, weight_decay=0.0)
         tc = TrainConfig(steps=1, batch_size=work.batch_size, seq_length=work.length, optimizer=opt, dtype=dtype,
                          num_microbatches=work.num_microbatches)
-        self.cfg = training_model_config(tc, cfg.replace(remat=work.remat))
+        self.cfg = training_model_config(tc, cfg.replace(remat=work.remat, custom_grads=custom_grads))
         mesh = make_mesh((1, 1, 1), devices=jax.devices()[:1])
         self.step_fn = make_train_step(self.cfg, opt, work.num_microbatches, mesh, (work.batch_size, work.length))
         self.state = initial_state(params, opt, self.step_fn.shardings)
@@ -263,6 +263,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--peak_flops", type=float, default=None, help="FLOP/s for MFU; default: measured")
     parser.add_argument("--no_reference", action="store_true", help="skip the PyTorch side")
+    parser.add_argument("--autodiff_side", action="store_true",
+                        help="also time our step without the hand-written backward passes (custom_grads=False)")
     parser.add_argument("--quiet_load", type=float, default=1.5, help="wait (up to 10 min) for this 1-min load")
     parser.add_argument("--output", type=pathlib.Path, default=None)
     args = parser.parse_args(argv)
@@ -284,7 +286,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             time.sleep(10)
     work = Workload(checkpoint, hf_dir, gguf, batch, length, args.learning_rate, warmup, repeats)
     load_before = os.getloadavg()[0]
-    sides = {"ours": OursTrainStep} | ({} if args.no_reference else {"pytorch": TorchTrainStep})
+    sides = ({"ours": OursTrainStep}
+             | ({"ours_autodiff": functools.partial(OursTrainStep, custom_grads=False)} if args.autodiff_side else {})
+             | ({} if args.no_reference else {"pytorch": TorchTrainStep}))
     with contextlib.ExitStack() as stack:
         start = time.perf_counter()
         handles = {name: stack.enter_context(common.SideProcess(factory, work)) for name, factory in sides.items()}
@@ -318,6 +322,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "setup_s_both_processes": setup_s,
         "environment": common.environment_info(PACKAGES, ENV_VARS),
     }
+    if "ours_autodiff" in results:  # what the hand-written backward passes buy on this backend
+        record["ours_autodiff"] = results["ours_autodiff"]
+        record["custom_grads_speedup"] = ours["tokens_per_s"] / results["ours_autodiff"]["tokens_per_s"]
     if theirs is not None:
         record["pytorch"] = theirs
         record["speedup_tokens_per_s"] = ours["tokens_per_s"] / theirs["tokens_per_s"]

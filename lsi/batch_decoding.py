@@ -74,6 +74,19 @@ def cut_at_stop(text: str, stop_strings: Sequence[str]) -> tuple[str, bool]:
     return (text, False) if cut < 0 else (text[:cut], True)
 
 
+@dataclasses.dataclass(frozen=True)
+class LoadedModel:
+    """A checkpoint ready to generate, as every generating stage (sample, eval, screen, questions, exemplars) takes
+    it: the language model, its params (placed on `mesh`, when there is one), its vocabulary, and the longest sequence
+    (prompt + new tokens) it may be given."""
+
+    lm: LanguageModel
+    params: Any
+    vocab: Any
+    max_length: int
+    mesh: jax.sharding.Mesh | None = None
+
+
 @dataclasses.dataclass
 class BatchSampler:
     """Samples `num_samples` continuations for every request, `batch_size` prompts per device call."""
@@ -98,6 +111,11 @@ class BatchSampler:
     # number of compiled shapes small; results equal the unshared prefill up to float rounding.
     shared_prefix_block: int = 64
     progress: bool = True
+
+    @classmethod
+    def for_model(cls, model: LoadedModel, **settings: Any) -> BatchSampler:
+        """A sampler of `model` with these settings (num_samples, method, stop_strings, ...)."""
+        return cls(model.lm, model.params, model.vocab, model.max_length, mesh=model.mesh, **settings)
 
     def __post_init__(self) -> None:
         if self.num_samples < 1:

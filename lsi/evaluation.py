@@ -32,8 +32,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from lsi import metrics
-from lsi.batch_decoding import BatchSampler, Completion, SampleRequest
-from lsi.decoding import LanguageModel
+from lsi.batch_decoding import BatchSampler, Completion, LoadedModel, SampleRequest
 from lsi.io_utils import read_jsonl, write_json_atomic, write_jsonl_atomic
 from lsi.sampling_methods import Greedy, SamplingMethod, Temperature
 from lsi.self_improve.voting import vote_answers
@@ -196,13 +195,13 @@ def _mode_metrics(mode: str, task: Task, records: list[dict[str, Any]], all_answ
     return result
 
 
-def evaluate(task: Task, lm: LanguageModel, params: Any, vocab: Any, max_length: int, config: EvalConfig,
-             output_dir: str | os.PathLike, mesh: Any = None, examples: Sequence[Example] | None = None,
-             progress: bool = True, prompter: Prompter | None = None) -> dict[str, Any]:
+def evaluate(task: Task, model: LoadedModel, config: EvalConfig, output_dir: str | os.PathLike,
+             examples: Sequence[Example] | None = None, progress: bool = True, prompter: Prompter | None = None
+             ) -> dict[str, Any]:
     """Runs every mode of `config` on the task's eval split and writes predictions and metrics under `output_dir`.
     `prompter` writes the prompts (default: the vocabulary's own style, chat when it carries a template)."""
     output_dir = pathlib.Path(output_dir)
-    prompter = prompter or Prompter.for_vocabulary(vocab)
+    prompter = prompter or Prompter.for_vocabulary(model.vocab)
     examples = list(split_examples(task, config.split) if examples is None else examples)
     if config.limit is not None:
         examples = examples[: config.limit]
@@ -219,12 +218,11 @@ def evaluate(task: Task, lm: LanguageModel, params: Any, vocab: Any, max_length:
         fmt = MODE_FORMATS[modes[0]]
         greedy_modes = [mode for mode in modes if mode != "self_consistency"]
         num_samples = len(greedy_modes) + (config.num_samples if "self_consistency" in modes else 0)
-        sampler = BatchSampler(
-            lm, params, vocab, max_length,
-            num_samples=num_samples, argmax_samples=len(greedy_modes), max_new_tokens=config.max_new_tokens,
+        sampler = BatchSampler.for_model(
+            model, num_samples=num_samples, argmax_samples=len(greedy_modes), max_new_tokens=config.max_new_tokens,
             method=config.method if "self_consistency" in modes else Greedy(),
             stop_strings=prompter.stop_strings(task.exemplars_for(examples[0])), eos_ids=prompter.eos_ids,
-            batch_size=config.batch_size, seed=config.seed, mesh=mesh, progress=progress,
+            batch_size=config.batch_size, seed=config.seed, progress=progress,
         )
         requests = _requests(task, examples, fmt, prompter)
         prompts = {r.example_id: r.prompt for r in requests}

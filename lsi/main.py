@@ -40,6 +40,7 @@ import gin
 import jax
 
 from lsi import partitioning
+from lsi.batch_decoding import LoadedModel
 from lsi.decoding import TransformerLM
 from lsi.evaluation import EvalConfig, evaluate, format_summary, split_examples
 from lsi.io_utils import write_json_atomic, write_text_atomic
@@ -68,6 +69,7 @@ from lsi.stage_lineage import (
     vote_lineage,
 )
 from lsi.tasks.prompt_style import STYLES, Prompter
+from lsi.training.lora import LoraConfig
 from lsi.training.optimizers import OptimizerConfig
 from lsi.training.trainer import TrainConfig
 
@@ -78,7 +80,7 @@ STAGES = ("screen", "questions", "exemplars", "sample", "vote", "format", "train
 # The gin-configurable version of each config class (lsi.SampleStageConfig, ..., lsi.Temperature).
 _CONFIGURABLE = {cls: gin.external_configurable(cls, module="lsi") for cls in (
     SampleStageConfig, VoteStageConfig, FormatStageConfig, EvalConfig, MeshConfig, TrainConfig, OptimizerConfig,
-    QuestionGenConfig, PromptGenConfig, ScreenConfig, *SAMPLING_METHODS)}
+    QuestionGenConfig, PromptGenConfig, ScreenConfig, LoraConfig, *SAMPLING_METHODS)}
 
 
 def _configured(cls: type) -> Any:
@@ -138,7 +140,7 @@ class Experiment:
             raise ValueError(f"prompt_style must be one of {STYLES}, got {self.prompt_style!r}.")
         self._tasks: dict[tuple[str, str], Any] = {}  # (name, "base" or "generated") -> task
         self.restart = Restart()  # --restart_stage; set by main(), not by gin
-        self._loaded: tuple[str, tuple[Any, Any, Any, Any]] | None = None
+        self._loaded: tuple[str, LoadedModel] | None = None
 
     @property
     def path(self) -> pathlib.Path:
@@ -212,9 +214,9 @@ class Experiment:
         tokenizer (chat when it carries a template)."""
         return Prompter.for_vocabulary(self.vocabulary(checkpoint), self.prompt_style, source=str(checkpoint))
 
-    def loaded_model(self, checkpoint: str) -> tuple[Any, Any, Any, Any]:
-        """(TransformerLM, params placed on the mesh, vocabulary, mesh) of a checkpoint. Only the last one loaded is
-        kept: a self-improvement run moves from the base model to each round's model and never back."""
+    def loaded_model(self, checkpoint: str) -> LoadedModel:
+        """A checkpoint's TransformerLM, params placed on the mesh, vocabulary and context length. Only the last one
+        loaded is kept: a self-improvement run moves from the base model to each round's model and never back."""
         from lsi.checkpoints import load_checkpoint  # noqa: PLC0415
         from lsi.models import param_logical_axes  # noqa: PLC0415
 
@@ -225,8 +227,8 @@ class Experiment:
             # own devices; only training spans every process's devices.
             mesh = partitioning.make_mesh(self.mesh, devices=jax.local_devices())
             params = partitioning.shard_tree(params, param_logical_axes(cfg), mesh)
-            self._loaded = (str(checkpoint), (TransformerLM(cfg, self.layerwise_decode), params,
-                                               self.vocabulary(checkpoint), mesh))
+            self._loaded = (str(checkpoint), LoadedModel(TransformerLM(cfg, self.layerwise_decode), params,
+                                                         self.vocabulary(checkpoint), cfg.max_length, mesh))
         return self._loaded[1]
 
 
@@ -260,9 +262,8 @@ def run_eval(experiment: Experiment, tag: str, checkpoint: str, config: EvalConf
         directory = experiment.path / "eval" / tag / task.name
         examples = split_examples(task, config.split)
         with _guarded(experiment, directory, eval_lineage(task, checkpoint, prompter, config, examples)):
-            lm, params, vocab, mesh = experiment.loaded_model(checkpoint)
-            results[task.name] = evaluate(task, lm, params, vocab, lm.config.max_length, config, directory,
-                                          mesh=mesh, examples=examples, prompter=prompter)
+            results[task.name] = evaluate(task, experiment.loaded_model(checkpoint), config, directory,
+                                          examples=examples, prompter=prompter)
             if _is_writer():
                 seal(directory, ["metrics.json", *(f"{m}/predictions.jsonl" for m in results[task.name]["modes"])])
         print(f"[{tag}] {format_summary(results[task.name])}", flush=True)
@@ -276,11 +277,10 @@ def run_sample(experiment: Experiment, round_index: int) -> dict[str, Any]:
     for name in experiment.training_tasks:
         task, directory = experiment.task_obj(name), experiment.stage_dir(round_index, name, "samples")
         with _guarded(experiment, directory, sample_lineage(task, model, prompter, experiment.sample)):
-            lm, params, vocab, mesh = experiment.loaded_model(model)
             results[name] = run_sample_stage(
-                task, lm, params, vocab, lm.config.max_length, experiment.sample, directory, mesh=mesh,
-                model_id=model, prompter=prompter, process_index=jax.process_index(),
-                process_count=jax.process_count(), wait_for_all_processes=lambda: _wait_for_all_processes("sample"))
+                task, experiment.loaded_model(model), experiment.sample, directory, model_id=model, prompter=prompter,
+                process_index=jax.process_index(), process_count=jax.process_count(),
+                wait_for_all_processes=lambda: _wait_for_all_processes("sample"))
             if _is_writer():
                 results[name] = seal(directory)
     return results
@@ -356,8 +356,7 @@ def run_screen_stage(experiment: Experiment) -> dict[str, Any]:
         cell_config = config.eval_config(temperature)
         lineage = eval_lineage(task, experiment.model, prompters[style], cell_config, examples)
         with _guarded(experiment, directory, dataclasses.replace(lineage, stage="screen")):
-            lm, params, _, mesh = experiment.loaded_model(experiment.model)
-            result = evaluate_cell(lm, params, vocab, lm.config.max_length, config, mesh, prompters.__getitem__)(
+            result = evaluate_cell(experiment.loaded_model(experiment.model), config, prompters.__getitem__)(
                 task, style, temperature, examples, directory)
             if _is_writer():
                 seal(directory, ["metrics.json", *(f"{m}/predictions.jsonl" for m in result["modes"])])
@@ -384,9 +383,8 @@ def run_questions(experiment: Experiment) -> dict[str, Any]:
         done = _kept_manifest(directory, state, (directory / "generated_pool.jsonl").exists())
         if done is not None:
             return done
-        lm, params, vocab, mesh = experiment.loaded_model(experiment.model)
-        manifest = generate_questions(seed_task, lm, params, vocab, lm.config.max_length, experiment.questions,
-                                      directory, mesh=mesh, prompter=prompter)
+        manifest = generate_questions(seed_task, experiment.loaded_model(experiment.model), experiment.questions,
+                                      directory, prompter=prompter)
         manifest = seal(directory)
     counts = manifest["counts"]
     print(f"[questions] {counts['kept']} kept of {counts['generated']} generated "
@@ -403,10 +401,9 @@ def run_exemplars(experiment: Experiment) -> dict[str, Any]:
         done = _kept_manifest(directory, state, complete)
         if done is not None:
             return done
-        lm, params, vocab, mesh = experiment.loaded_model(experiment.model)
         # The templates come from the task's own pool questions, asked without any exemplars of their own.
-        paths = generate_exemplars(experiment.base_task(), lm, params, vocab, lm.config.max_length,
-                                   experiment.exemplars, directory, mesh=mesh, prompter=prompter)
+        paths = generate_exemplars(experiment.base_task(), experiment.loaded_model(experiment.model),
+                                   experiment.exemplars, directory, prompter=prompter)
         manifest = seal(directory)
     print(f"[exemplars] {len(paths)} templates of {experiment.exemplars.shots} -> {directory}", flush=True)
     return manifest
@@ -521,12 +518,13 @@ def abstract_plan(experiment: Experiment, num_devices: int) -> dict[str, Any]:
     from lsi.checkpoints import load_checkpoint  # noqa: PLC0415
     from lsi.models.configs import config_names, get_config  # noqa: PLC0415
     from lsi.training.optimizers import make_optimizer  # noqa: PLC0415
-    from lsi.training.trainer import state_axes_and_abstract  # noqa: PLC0415
+    from lsi.training.trainer import parameterization, state_axes_and_abstract  # noqa: PLC0415
 
     cfg = get_config(experiment.model) if experiment.model in config_names() else load_checkpoint(experiment.model)[0]
     shape = experiment.mesh.shape(num_devices)
     mesh = partitioning.make_abstract_mesh(shape)
-    axes, abstract = state_axes_and_abstract(cfg, make_optimizer(experiment.train.optimizer))
+    axes, abstract = state_axes_and_abstract(cfg, make_optimizer(experiment.train.optimizer),
+                                             parameterization(experiment.train))
     return {
         "model": experiment.model,
         "num_params": cfg.num_params,

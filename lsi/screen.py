@@ -22,6 +22,7 @@ import pathlib
 from typing import Any, Callable, Sequence
 
 from lsi import metrics
+from lsi.batch_decoding import LoadedModel
 from lsi.evaluation import EvalConfig, evaluate, load_predictions
 from lsi.io_utils import write_json_atomic
 from lsi.sampling_methods import SamplingMethod, Temperature, with_temperature
@@ -149,14 +150,13 @@ def run_screen(tasks: Sequence[Task], config: ScreenConfig, output_dir: str | pa
     return results
 
 
-def evaluate_cell(lm: Any, params: Any, vocab: Any, max_length: int, config: ScreenConfig, mesh: Any,
-                  prompter_for: Callable[[str], Any]) -> Callable[..., Any]:
+def evaluate_cell(model: LoadedModel, config: ScreenConfig, prompter_for: Callable[[str], Any]) -> Callable[..., Any]:
     """`run_screen`'s `sample_cell` for one loaded model: an evaluation of the dev questions in the cell's style."""
 
     def sample_cell(task: Task, style: str, temperature: float, examples: list[Example],
                     directory: pathlib.Path) -> Any:
-        return evaluate(task, lm, params, vocab, max_length, config.eval_config(temperature), directory, mesh=mesh,
-                        examples=examples, prompter=prompter_for(style))
+        return evaluate(task, model, config.eval_config(temperature), directory, examples=examples,
+                        prompter=prompter_for(style))
 
     return sample_cell
 

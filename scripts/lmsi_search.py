@@ -110,6 +110,9 @@ SCREEN_SETTINGS: dict[str, tuple[str, dict[str, Any], tuple[str, ...]]] = {
     "gsm_symbolic": ("gsm_symbolic", {}, ("lsi.ScreenConfig.max_new_tokens = 128", "lsi.ScreenConfig.dev_size = 30",
                                           *ONE_TEMPERATURE)),
 }
+SCREEN_LABELS = {"two_digit_add": "a + b, 1-2 digits", "two_digit_add_sub": "a +/- b, 1-2 digits (task default)",
+                 "three_one_digit_terms": "a + b + c, 1 digit", "chain_sum": "chain_sum, 3-4 terms",
+                 "leg_counting": "leg_counting", "gsm_symbolic": "gsm_symbolic"}
 SCREEN_GRID = ("lsi.ScreenConfig.dev_size = 100", "lsi.ScreenConfig.num_samples = 16",
                "lsi.ScreenConfig.batch_size = 32")
 METRICS = {"few_shot_cot_greedy": "cot_greedy", "zero_shot_cot_greedy": "zero_shot_cot"}
@@ -197,6 +200,30 @@ def record_screen(results: dict[str, Any], setting: str, run_dir: pathlib.Path) 
         "run_dir": str(run_dir), **_no_nan(json.loads((run_dir / "screen" / "results.json").read_text()))}
 
 
+def _screen_row(label: str, cell: dict[str, Any]) -> str:
+    """A README row: accuracies, SC - greedy with its paired interval and p, kept-path precision, share >= 0.7."""
+    pct = lambda x: f"{100 * x:.1f}%"  # noqa: E731
+    d = cell["sc_minus_greedy"]
+    by_threshold = {round(t["threshold"], 2): t for t in cell["pseudo_labels"]}
+    kept = by_threshold[0.0]["kept_paths_right"]
+    high = by_threshold.get(0.7)
+    at_high = f"{100 * high['precision']['value']:.0f}% of {high['questions']}" if high and high["questions"] else ""
+    return (f"| {label} | {cell['style']} | {cell['temperature']:g} | {cell['n']} | {pct(cell['greedy']['value'])} | "
+            f"{pct(cell['one_sample']['value'])} | {pct(cell['self_consistency']['value'])} | "
+            f"{100 * d['difference']:+.1f} [{100 * d['ci_low']:+.1f}, {100 * d['ci_high']:+.1f}], "
+            f"p = {d['p_value']:.2g} | {'' if kept is None else f'{100 * kept:.0f}%'} | {at_high} |")
+
+
+def screen_table(results: dict[str, Any]) -> str:
+    """The screen grid as README's markdown table, settings in SCREEN_SETTINGS order."""
+    rows = ["| task setting | style | T | n | greedy CoT | one path | self-consistency | SC - greedy [95% CI], "
+            "McNemar p | kept right | at share >= 0.7 |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for setting in [s for s in SCREEN_SETTINGS if s in results.get("screen", {})]:
+        cells = sorted(results["screen"][setting]["cells"], key=lambda c: (c["style"] != "plain", c["temperature"]))
+        rows += [_screen_row(SCREEN_LABELS[setting], cell) for cell in cells]
+    return "\n".join(rows)
+
+
 def run_arm(work: pathlib.Path, name: str, setting: str) -> dict[str, Any]:
     description, bindings = ARMS[name]
     run_dir = work / "arms" / name
@@ -228,7 +255,11 @@ def main() -> None:
     parser.add_argument("--screens", nargs="*", default=[], metavar="SETTING=RUN_DIR",
                         help="copy a screen stage's results (RUN_DIR/screen/results.json) in under screen/SETTING, "
                              "then exit")
+    parser.add_argument("--screen_table", action="store_true", help="print the recorded screen as a markdown table")
     args = parser.parse_args()
+    if args.screen_table:
+        print(screen_table(json.loads(pathlib.Path(args.output).read_text())))
+        return
     work, output = pathlib.Path(args.work_dir) / args.setting, pathlib.Path(args.output)
     results = json.loads(output.read_text()) if output.exists() else {"split": "dev", "task": TASK,
                                                                        "base_gin": BASE_GIN, "settings": {}}

@@ -15,11 +15,13 @@ import json
 import pathlib
 
 from lsi import metrics
+from lsi.batch_decoding import LoadedModel
 from lsi.decoding import TransformerLM
 from lsi.evaluation import EvalConfig, evaluate, load_predictions
 from lsi.io_utils import write_json_atomic
 from lsi.tasks import get_task
 from lsi.tasks.answers import answers_equal
+from lsi.sampling_methods import Temperature
 from lsi.tasks.prompt_style import Prompter
 
 MODEL = "smollm2-135m-instruct"
@@ -74,12 +76,12 @@ def main() -> None:
         task = get_task(task_name, eval_size=n)
         examples = task.load_eval()[:n]
         config = EvalConfig(modes=("cot_greedy", "self_consistency", "zero_shot_cot"), num_samples=8,
-                            temperature=0.7, top_k=40, max_new_tokens=new_tokens, subsample_sizes=(1, 8),
+                            method=Temperature(0.7, top_k=40), max_new_tokens=new_tokens, subsample_sizes=(1, 8),
                             batch_size=16)
         per_style, seconds = {}, {}
         for style in STYLES:
             out = pathlib.Path(args.run_dir) / task_name / style
-            result = evaluate(task, lm, params, vocab, cfg.max_length, config, out, examples=examples,
+            result = evaluate(task, LoadedModel(lm, params, vocab, cfg.max_length), config, out, examples=examples,
                               prompter=Prompter.for_vocabulary(vocab, style))
             # Each sampling run's wall time as it ran (a rerun keeps complete modes and their times); the machine
             # was shared with other jobs, so these are not speed figures.

@@ -63,3 +63,23 @@ def test_bfloat16_gradients_keep_their_dtypes():
     assert all(g.dtype == jnp.bfloat16 for g in grads)
     logits_grads = jax.grad(lambda x, k: jnp.sum(output_logits(x, k, True)), argnums=(0, 1))(x, gate.T)
     assert logits_grads[0].dtype == jnp.bfloat16 and logits_grads[1].dtype == jnp.bfloat16
+
+
+def test_the_model_option_picks_the_ops_and_both_give_the_same_gradients():
+    from lsi.models import Transformer, get_config, init_params
+    from lsi.models.custom_grads import CUSTOM, PLAIN, matmuls
+
+    cfg = get_config("tiny")
+    assert matmuls(cfg) is CUSTOM  # None: on, since tests run on the CPU backend
+    assert matmuls(cfg.replace(custom_grads=False)) is PLAIN and matmuls(cfg.replace(custom_grads=True)) is CUSTOM
+    params = init_params(cfg, jax.random.PRNGKey(0))
+    tokens = jax.random.randint(jax.random.PRNGKey(1), (2, 16), 0, cfg.vocab_size)
+
+    def loss(params, custom):
+        logits = Transformer(cfg.replace(custom_grads=custom)).apply({"params": params}, tokens)
+        return jnp.mean(jax.nn.log_softmax(logits)[..., 3])
+
+    (custom_loss, custom_grads), (plain_loss, plain_grads) = (
+        jax.value_and_grad(loss)(params, flag) for flag in (True, False))
+    np.testing.assert_allclose(custom_loss, plain_loss, rtol=1e-6)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), custom_grads, plain_grads)

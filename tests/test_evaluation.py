@@ -6,6 +6,7 @@ import json
 import jax
 import pytest
 
+from lsi.batch_decoding import LoadedModel
 from lsi.decoding import TransformerLM
 from lsi.evaluation import EvalConfig, accuracy_at_subsets, evaluate, format_summary, load_predictions
 from lsi.models import get_config, init_params
@@ -29,7 +30,8 @@ def test_all_modes_write_predictions_and_metrics(setup, tmp_path):
     cfg, params, vocab, task = setup
     config = EvalConfig(num_samples=4, max_new_tokens=6, subsample_sizes=(1, 2, 4), subsample_repeats=3,
                         batch_size=4)
-    result = evaluate(task, TransformerLM(cfg), params, vocab, cfg.max_length, config, tmp_path, progress=False)
+    result = evaluate(task, LoadedModel(TransformerLM(cfg), params, vocab, cfg.max_length), config, tmp_path,
+                      progress=False)
     on_disk = json.loads((tmp_path / "metrics.json").read_text())
     assert on_disk["modes"].keys() == {"standard", "cot_greedy", "self_consistency"}
     for mode in ("standard", "cot_greedy", "self_consistency"):
@@ -51,14 +53,14 @@ def test_greedy_sampled_with_self_consistency_equals_separate_runs(setup, tmp_pa
     """Greedy CoT rides along as sample 0 of self-consistency's batch: both modes' predictions equal the ones of
     a run of each mode alone."""
     cfg, params, vocab, task = setup
-    lm = TransformerLM(cfg)
+    model = LoadedModel(TransformerLM(cfg), params, vocab, cfg.max_length)
     config = EvalConfig(modes=("cot_greedy", "self_consistency"), num_samples=3, max_new_tokens=6,
                         subsample_sizes=(1, 3), subsample_repeats=2, batch_size=4)
-    together = evaluate(task, lm, params, vocab, cfg.max_length, config, tmp_path / "together", progress=False)
+    together = evaluate(task, model, config, tmp_path / "together", progress=False)
     assert together["modes"]["cot_greedy"]["sampled_with"] == ["self_consistency"]
     for mode in config.modes:
         alone_config = dataclasses.replace(config, modes=(mode,))
-        alone = evaluate(task, lm, params, vocab, cfg.max_length, alone_config, tmp_path / mode, progress=False)
+        alone = evaluate(task, model, alone_config, tmp_path / mode, progress=False)
         assert "sampled_with" not in alone["modes"][mode]
         shared = load_predictions(tmp_path / "together" / mode / "predictions.jsonl")
         separate = load_predictions(tmp_path / mode / mode / "predictions.jsonl")

@@ -230,13 +230,15 @@ def test_generation_stages_feed_table6_and_figure3(tmp_path, monkeypatch):
 
     from lsi import lineage  # noqa: PLC0415
     from lsi import main as lsi_main  # noqa: PLC0415
+    from lsi.batch_decoding import LoadedModel  # noqa: PLC0415
     from lsi.vocab import load_vocabulary  # noqa: PLC0415
 
     vocab = load_vocabulary("smollm2-135m-instruct")
     script = " How many legs do 3 spiders have in total?\n3 * 8 = 24. The answer is 24.\n\nQ:"
     lm = ScriptedLM(tuple(vocab.encode(script)), vocab_size=49152)
     loaded = []
-    monkeypatch.setattr(Experiment, "loaded_model", lambda self, ckpt: loaded.append(ckpt) or (lm, None, vocab, None))
+    monkeypatch.setattr(Experiment, "loaded_model",
+                        lambda self, ckpt: loaded.append(ckpt) or LoadedModel(lm, None, vocab, lm.max_length))
     monkeypatch.setattr(Experiment, "vocabulary", lambda self, ckpt: vocab)
     monkeypatch.setattr(lineage, "fingerprint_model", lambda ckpt: f"sha256 of {ckpt}")
     parse_gin([], [

@@ -5,18 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lsi.models import (
-    Transformer,
-    abstract_params,
-    get_config,
-    decode_layerwise,
-    init_decode_cache,
-    init_params,
-    layerwise_cache,
-    padded_positions,
-    split_layers,
-)
+from lsi.models import Transformer, abstract_params, get_config, init_decode_cache, init_params, padded_positions
 from lsi.models.configs import RopeScaling
+from lsi.models.transformer import decode_layerwise, layerwise_cache, split_layers
 
 CONFIGS = {
     "gqa": get_config("tiny"),

@@ -75,7 +75,8 @@ def test_sharded_logits_equal_unsharded(config_name):
 
 
 def test_palm_540b_fits_a_v4_pod_with_adafactor():
-    """PaLM 540B on an abstract 1024-chip TPU v4 mesh (fsdp 256 x tensor 4): params + Adafactor state per chip."""
+    """PaLM 540B on an abstract mesh of 1024 TPU v4 chips (a v4-2048 slice, one JAX device per chip; fsdp 256 x
+    tensor 4): params + Adafactor state per chip."""
     cfg = get_config("palm_540b")
     params = abstract_params(cfg)
     axes = param_logical_axes(cfg)

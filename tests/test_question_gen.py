@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from lsi.batch_decoding import LoadedModel
 from lsi.self_improve.question_gen import (
     PromptGenConfig,
     QuestionGenConfig,
@@ -50,7 +51,8 @@ def test_generated_questions_are_deduplicated_and_filtered(vocab, tmp_path):
     lm = _scripted(vocab, " How many legs do 2 spiders and 1 bird have together?\n7 + 0 = 7. The answer is 7.\n")
     config = QuestionGenConfig(num_seed_questions=4, questions_per_prompt=3, num_prompts=4, samples_per_prompt=2,
                                filter_samples=3, max_question_tokens=24, filter_max_new_tokens=32, batch_size=4)
-    manifest = generate_questions(toy_task(num_pool=6), lm, None, vocab, 4096, config, tmp_path, progress=False)
+    manifest = generate_questions(toy_task(num_pool=6), LoadedModel(lm, None, vocab, 4096), config, tmp_path,
+                                  progress=False)
     counts = manifest["counts"]
     assert counts["generated"] == 8 and counts["candidates"] == 1 and counts["duplicate"] == 7
     kept = read_generated_pool(tmp_path / "generated_pool.jsonl")
@@ -61,7 +63,7 @@ def test_generated_questions_are_deduplicated_and_filtered(vocab, tmp_path):
 
 def test_generated_exemplars_make_rotating_templates(vocab, tmp_path):
     lm = _scripted(vocab, " First add the numbers: 3 + 6 = 9. The answer is 9.\n\nQ:")
-    paths = generate_exemplars(toy_task(num_pool=10), lm, None, vocab, 4096,
+    paths = generate_exemplars(toy_task(num_pool=10), LoadedModel(lm, None, vocab, 4096),
                                PromptGenConfig(templates=2, shots=3, max_new_tokens=24, batch_size=4), tmp_path,
                                progress=False)
     sets = [ExemplarSet.from_file(p) for p in paths]
@@ -80,6 +82,6 @@ def test_generated_exemplars_make_rotating_templates(vocab, tmp_path):
 def test_too_few_usable_rationales_is_a_clear_error(vocab, tmp_path):
     lm = _scripted(vocab, " I am not sure about this one.\n\nQ:")
     with pytest.raises(ValueError, match="only 0 usable zero-shot rationales"):
-        generate_exemplars(toy_task(num_pool=4), lm, None, vocab, 4096,
+        generate_exemplars(toy_task(num_pool=4), LoadedModel(lm, None, vocab, 4096),
                            PromptGenConfig(templates=1, shots=2, max_new_tokens=12, batch_size=4), tmp_path,
                            progress=False)

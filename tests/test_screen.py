@@ -7,6 +7,7 @@ import gin
 import pytest
 
 from helpers.scripted_lm import ScriptedLM
+from lsi.batch_decoding import LoadedModel
 from lsi.lineage import LineageError
 from lsi.main import Experiment, parse_gin, run_stage
 from lsi.screen import ScreenConfig, pseudo_label_quality
@@ -25,7 +26,7 @@ def test_screen_writes_every_cell_from_the_dev_split_only_and_resumes(tmp_path, 
     answer = vocab.encode(" 3 + 4 = 7. The answer is 7.")
     noise = tuple(vocab.encode(" The answer is 9.")[-2:-1])  # sampled now and then: votes are not unanimous
     lm = ScriptedLM(tuple(answer) + (vocab.eos_id,), vocab_size=49152, noise_tokens=noise, noise_logit=-4.0)
-    monkeypatch.setattr(Experiment, "loaded_model", lambda self, ckpt: (lm, None, vocab, None))
+    monkeypatch.setattr(Experiment, "loaded_model", lambda self, ckpt: LoadedModel(lm, None, vocab, lm.max_length))
     monkeypatch.setattr(Experiment, "vocabulary", lambda self, ckpt: vocab)
     parse_gin([], [
         f"lsi.Experiment.run_dir = '{tmp_path}'",

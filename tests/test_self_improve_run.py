@@ -5,6 +5,7 @@ Every run is a `python -m lsi.main` subprocess on one CPU device at XLA's normal
 has SmolLM2's 49152-token vocabulary, whose matrices the suite's unoptimised 8-device setting makes ~10x slower.
 """
 
+import hashlib
 import json
 import pathlib
 import signal
@@ -43,9 +44,17 @@ def _results(run_dir: pathlib.Path) -> dict:
     return out
 
 
+# sha256 of `_results` of the uninterrupted run, recorded with the code of d5c084e and unchanged by the reshaping
+# after it (the trainer's Parameterization, answer types as objects, Block's explicit methods, custom_grads as an
+# option): a change to this run's predictions, votes or training metrics has to be deliberate.
+PINNED_RESULTS_SHA256 = "cb03f8a79d63617869b1bc7a1e81c4f6a3760c3887a2b22fc06ec2c15d9bebbd"
+
+
 def test_two_rounds_then_a_run_killed_mid_training_resumes_to_the_same_results(answering_model, tmp_path):
     reference = tmp_path / "uninterrupted"
     _run(reference, answering_model)
+    digest = hashlib.sha256(json.dumps(_results(reference), sort_keys=True).encode()).hexdigest()
+    assert digest == PINNED_RESULTS_SHA256, "the tiny two-round run's predictions, votes or training changed"
     summary = json.loads((reference / "summary.json").read_text())
     assert set(summary["eval"]) == {"base", "round_1", "round_2"}
     for round_index in (1, 2):

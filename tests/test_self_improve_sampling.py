@@ -20,6 +20,7 @@ from lsi.self_improve.sampling import (
 from lsi.tasks.base import Example
 from tests.helpers.run_sample_stage import CONFIG
 from tests.helpers.run_sample_stage import main as run_stage_main
+from lsi.batch_decoding import LoadedModel
 from tests.helpers.toy import tiny_model, toy_task
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -58,7 +59,7 @@ def test_sigkill_then_restart_gives_byte_identical_files(tmp_path):
 
 @pytest.fixture(scope="module")
 def model():
-    return tiny_model()
+    return LoadedModel(*tiny_model())
 
 
 def _config(**changes):
@@ -68,8 +69,7 @@ def _config(**changes):
 
 
 def test_shards_hold_every_question_and_sample_without_gold(model, tmp_path):
-    lm, params, vocab, max_length = model
-    manifest = run_sample_stage(toy_task(num_pool=7), lm, params, vocab, max_length, _config(), tmp_path,
+    manifest = run_sample_stage(toy_task(num_pool=7), model, _config(), tmp_path,
                                 progress=False)
     records = read_samples(tmp_path)
     assert len(records) == 7 * 3 and manifest["counts"]["samples_expected"] == 21
@@ -82,45 +82,41 @@ def test_shards_hold_every_question_and_sample_without_gold(model, tmp_path):
 
 
 def test_processes_split_shards_and_together_equal_one_process(model, tmp_path):
-    lm, params, vocab, max_length = model
     task = toy_task(num_pool=5)
-    run_sample_stage(task, lm, params, vocab, max_length, _config(), tmp_path / "one", progress=False)
+    run_sample_stage(task, model, _config(), tmp_path / "one", progress=False)
     for p in range(2):
-        run_sample_stage(task, lm, params, vocab, max_length, _config(), tmp_path / "two", process_index=p,
+        run_sample_stage(task, model, _config(), tmp_path / "two", process_index=p,
                          process_count=2, progress=False)
     assert _stage_files(tmp_path / "one") == _stage_files(tmp_path / "two")
 
 
 def test_truncated_shard_from_a_crash_is_moved_aside_and_resampled(model, tmp_path):
-    lm, params, vocab, max_length = model
     task = toy_task(num_pool=4)
-    run_sample_stage(task, lm, params, vocab, max_length, _config(num_shards=2), tmp_path, progress=False)
+    run_sample_stage(task, model, _config(num_shards=2), tmp_path, progress=False)
     shard = sorted(tmp_path.glob("samples-*.jsonl"))[0]
     good = shard.read_bytes()
     shard.write_bytes(good[: len(good) - 20])  # an older version crashed mid-line
     with pytest.raises(ValueError, match=r"samples-00000-of-00002.jsonl:6: truncated last line"):
         read_shard(shard)
-    run_sample_stage(task, lm, params, vocab, max_length, _config(num_shards=2), tmp_path, progress=False)
+    run_sample_stage(task, model, _config(num_shards=2), tmp_path, progress=False)
     assert shard.read_bytes() == good
     assert shard.with_name(shard.name + ".corrupt").exists()
 
 
 def test_restart_with_a_different_m_is_an_error(model, tmp_path):
-    lm, params, vocab, max_length = model
     task = toy_task(num_pool=2)
-    run_sample_stage(task, lm, params, vocab, max_length, _config(num_shards=1), tmp_path, progress=False)
+    run_sample_stage(task, model, _config(num_shards=1), tmp_path, progress=False)
     with pytest.raises(ValueError, match="num_samples: shards have 3, config says 5"):
-        run_sample_stage(task, lm, params, vocab, max_length, _config(num_shards=1, num_samples=5), tmp_path,
+        run_sample_stage(task, model, _config(num_shards=1, num_samples=5), tmp_path,
                          progress=False)
 
 
 def test_bad_pools_are_errors(model, tmp_path):
-    lm, params, vocab, max_length = model
     duplicate = toy_task()
     duplicate.load_pool = lambda: [Example("a", "q1"), Example("a", "q2")]
     with pytest.raises(ValueError, match="example id 'a' appears at records 0 and 1"):
-        run_sample_stage(duplicate, lm, params, vocab, max_length, _config(), tmp_path, progress=False)
+        run_sample_stage(duplicate, model, _config(), tmp_path, progress=False)
     empty = toy_task()
     empty.load_pool = lambda: [Example("a", "q1"), Example("b", "  ")]
     with pytest.raises(ValueError, match="example 'b' .* has an empty question"):
-        run_sample_stage(empty, lm, params, vocab, max_length, _config(), tmp_path, progress=False)
+        run_sample_stage(empty, model, _config(), tmp_path, progress=False)

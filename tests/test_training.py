@@ -437,3 +437,13 @@ def test_finetune_stage_from_checkpoint_and_task(tmp_path):
     assert np.isfinite(result["final_metrics"]["loss"])
     exported_cfg, exported = load_checkpoint(result["hf_directory"])
     assert exported_cfg.vocab_size == 49152 and (tmp_path / "run" / "hf" / "tokenizer.json").exists()
+    # LoRA through the same stage: the exported checkpoint is the base with only the targeted kernels moved.
+    from lsi.training.lora import LoraConfig
+
+    lora = finetune(dataclasses.replace(config, mesh=(2, 2, 2), lora=LoraConfig(rank=2, targets=("query",))),
+                    tmp_path / "base", task, tmp_path / "lora_run")
+    _, base = load_checkpoint(tmp_path / "base")
+    _, merged = load_checkpoint(lora["hf_directory"])
+    np.testing.assert_array_equal(merged["layers"]["attention"]["key"], base["layers"]["attention"]["key"])
+    np.testing.assert_array_equal(merged["embedding"], base["embedding"])
+    assert not np.array_equal(merged["layers"]["attention"]["query"], base["layers"]["attention"]["query"])

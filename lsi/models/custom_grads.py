@@ -8,7 +8,9 @@ x^T for both gate and up, and `(x^T @ d_logits)^T`, with the activation recomput
 profile has no such copies and the step runs about a quarter faster.
 
 The forwards are the plain formulation, so inference is unchanged; tests compare every gradient with `jax.grad`
-of the plain einsums.
+of the plain einsums. They are a model option (`TransformerConfig.custom_grads`, on by default only on CPU): on
+GPU and TPU XLA's own lowering of the autodiff graph has none of these copies, and `matmuls(config)` gives the
+plain ops there.
 """
 
 from __future__ import annotations
@@ -16,10 +18,12 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
+from lsi.models.configs import TransformerConfig
 from lsi.partitioning import constrain
 
 Array = jax.Array
@@ -100,8 +104,7 @@ dense.defvjp(lambda x, kernel, in_dims: (_dense_forward(x, kernel, in_dims), (x,
 def output_logits(x: Array, kernel: Array, vocab_major: bool) -> Array:
     """float32 logits [..., vocab] of x [..., embed]; kernel is the tied embedding [vocab, embed] when
     `vocab_major`, else an output head [embed, vocab]."""
-    spec = "...d,vd->...v" if vocab_major else "...d,dv->...v"
-    return jnp.einsum(spec, x, kernel, preferred_element_type=jnp.float32)
+    return plain_output_logits(x, kernel, vocab_major)
 
 
 def _output_logits_backward(vocab_major: bool, residuals: tuple[Array, Array], d_logits: Array
@@ -119,3 +122,36 @@ def _output_logits_backward(vocab_major: bool, residuals: tuple[Array, Array], d
 
 output_logits.defvjp(
     lambda x, kernel, vocab_major: (output_logits(x, kernel, vocab_major), (x, kernel)), _output_logits_backward)
+
+
+# --- the plain ops (autodiff), and the choice between them -----------------------------------------------------
+
+def plain_gated_mlp(x: Array, gate: Array, up: Array, down: Array, activation: str) -> Array:
+    return _gated_mlp_forward(x, gate, up, down, activation)[0]
+
+
+def plain_dense(x: Array, kernel: Array, in_dims: int = 1) -> Array:
+    return _dense_forward(x, kernel, in_dims)
+
+
+def plain_output_logits(x: Array, kernel: Array, vocab_major: bool) -> Array:
+    spec = "...d,vd->...v" if vocab_major else "...d,dv->...v"
+    return jnp.einsum(spec, x, kernel, preferred_element_type=jnp.float32)
+
+
+class Matmuls(NamedTuple):
+    """The layer's matmul-heavy ops, all with the same forward either way."""
+
+    dense: Callable[..., Array]
+    gated_mlp: Callable[..., Array]
+    output_logits: Callable[..., Array]
+
+
+CUSTOM = Matmuls(dense, gated_mlp, output_logits)
+PLAIN = Matmuls(plain_dense, plain_gated_mlp, plain_output_logits)
+
+
+def matmuls(config: TransformerConfig) -> Matmuls:
+    """The hand-written-backward ops when `config.custom_grads` (None: when the default backend is the CPU)."""
+    enabled = config.custom_grads if config.custom_grads is not None else jax.default_backend() == "cpu"
+    return CUSTOM if enabled else PLAIN

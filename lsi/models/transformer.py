@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lsi.models.configs import TransformerConfig
-from lsi.models.custom_grads import dense, gated_mlp, output_logits
+from lsi.models.custom_grads import matmuls
 from lsi.partitioning import constrain
 
 Array = jax.Array
@@ -176,6 +176,7 @@ class Attention(nn.Module):
         """x: [..., length, embed] -> q [..., length, heads, hd], k and v [..., length, kv_heads, hd]."""
         cfg = self.config
         dt = cfg.dtype
+        dense = matmuls(cfg).dense
         q = dense(x, self.query.astype(dt))  # [..., heads, hd]
         k = dense(x, self.key.astype(dt))  # [..., kv_heads, hd]
         v = dense(x, self.value.astype(dt))
@@ -195,7 +196,7 @@ class Attention(nn.Module):
         """[..., kv_heads, group, hd] -> [..., embed]."""
         cfg = self.config
         merged = attended.reshape(*attended.shape[:-3], cfg.num_heads, cfg.head_dim).astype(cfg.dtype)
-        return dense(merged, self.out.astype(cfg.dtype), 2)
+        return matmuls(cfg).dense(merged, self.out.astype(cfg.dtype), 2)
 
     def __call__(self, x: Array, positions: Array, segment_ids: Array,
                  context: tuple[Array, Array] | None = None) -> tuple[Array, tuple[Array, Array]]:
@@ -287,40 +288,49 @@ class MLP(nn.Module):
         gate_kernel = _param(self, "gate", (d, f), ("embed", "mlp"), _fan_in_init((0,)))
         up_kernel = _param(self, "up", (d, f), ("embed", "mlp"), _fan_in_init((0,)))
         down_kernel = _param(self, "down", (f, d), ("mlp", "embed"), _fan_in_init((0,)))
-        return gated_mlp(x, gate_kernel.astype(dt), up_kernel.astype(dt), down_kernel.astype(dt), cfg.activation)
+        return matmuls(cfg).gated_mlp(x, gate_kernel.astype(dt), up_kernel.astype(dt), down_kernel.astype(dt),
+                                      cfg.activation)
 
 
 class Block(nn.Module):
-    """One layer; `nn.scan` stacks them.
-
-    With `shared` = (positions, segment_ids) it runs the full sequence, and `layer_inputs` is None or this layer's
-    shared-context (k, v). With `shared` = (positions, prefix_mask, index) it decodes one token per sample, and
-    `layer_inputs` is this layer's slice of the decode cache.
-    """
+    """One layer; `nn.scan` stacks them. `__call__` runs a full sequence, `decode` one token per sample."""
 
     config: TransformerConfig
 
-    @nn.compact
-    def __call__(self, x: Array, shared: tuple[Array, ...], layer_inputs: tuple[Array, ...] | None
-                 ) -> tuple[Array, tuple[Array, Array]]:
+    def setup(self) -> None:
         cfg = self.config
-        attention = Attention(cfg, name="attention")
-        normed = Norm(cfg, name="pre_attention_norm")(x)
-        if len(shared) == 2:
-            positions, segment_ids = shared
-            attended, kv = attention(normed, positions, segment_ids, layer_inputs)
-            batch_axes = ("batch", "length")
-        else:
-            positions, prefix_mask, index = shared
-            attended, kv = attention.decode(normed, positions, layer_inputs, prefix_mask, index)
-            batch_axes = ("batch", "samples")
-        mlp = MLP(cfg, name="mlp")
-        if cfg.parallel_block:
-            x = x + attended + mlp(normed)
+        self.attention = Attention(cfg)
+        self.pre_attention_norm = Norm(cfg)
+        self.mlp = MLP(cfg)
+        if not cfg.parallel_block:
+            self.pre_mlp_norm = Norm(cfg)
+
+    def __call__(self, x: Array, shared: tuple[Array, Array], context: tuple[Array, Array] | None
+                 ) -> tuple[Array, tuple[Array, Array]]:
+        """x [batch, length, embed]; shared = (positions, segment_ids), the same for every layer; context: None or
+        this layer's shared-context (k, v). Returns the layer's output and its (k, v)."""
+        positions, segment_ids = shared
+        normed = self.pre_attention_norm(x)
+        attended, kv = self.attention(normed, positions, segment_ids, context)
+        return self._add_mlp(x, normed, attended, ("batch", "length")), kv
+
+    def decode(self, x: Array, shared: tuple[Array, Array, Array], layer_cache: tuple[Array, ...]
+               ) -> tuple[Array, tuple[Array, Array]]:
+        """x [batch, samples, embed]; shared = (positions, prefix_mask, index); layer_cache: this layer's slice of the
+        decode cache. Returns the layer's output and the step's (k, v)."""
+        positions, prefix_mask, index = shared
+        normed = self.pre_attention_norm(x)
+        attended, kv = self.attention.decode(normed, positions, layer_cache, prefix_mask, index)
+        return self._add_mlp(x, normed, attended, ("batch", "samples")), kv
+
+    def _add_mlp(self, x: Array, normed: Array, attended: Array, batch_axes: tuple[str, str]) -> Array:
+        """The residual stream after attention and MLP: parallel (PaLM) or sequential (Llama)."""
+        if self.config.parallel_block:
+            x = x + attended + self.mlp(normed)
         else:
             x = x + attended
-            x = x + mlp(Norm(cfg, name="pre_mlp_norm")(x))
-        return constrain(x, batch_axes + ("embed",)), kv
+            x = x + self.mlp(self.pre_mlp_norm(x))
+        return constrain(x, batch_axes + ("embed",))
 
 
 def _remat_policy(name: str) -> Any:
@@ -352,6 +362,7 @@ class Transformer(nn.Module):
             in_axes=(nn.broadcast, 0),
             length=cfg.num_layers,
             metadata_params={nn.PARTITION_NAME: "layers"},
+            methods=["__call__", "decode"],
         )(cfg, name="layers")
 
     def _embed(self, tokens: Array) -> Array:
@@ -365,7 +376,7 @@ class Transformer(nn.Module):
         cfg = self.config
         x = self.final_norm(x)
         head = self.embedding if cfg.tie_embeddings else self.lm_head
-        logits = output_logits(x, head.astype(cfg.dtype), cfg.tie_embeddings)
+        logits = matmuls(cfg).output_logits(x, head.astype(cfg.dtype), cfg.tie_embeddings)
         if cfg.logits_scale is not None:
             logits = logits * cfg.logits_scale
         return logits
@@ -404,7 +415,7 @@ class Transformer(nn.Module):
         """
         x = constrain(self._embed(tokens), ("batch", "samples", "embed"))
         layer_caches = (cache.prefix_k, cache.prefix_v, cache.k, cache.v)
-        x, (k_new, v_new) = self.layers(x, (positions, cache.prefix_mask, cache.index), layer_caches)
+        x, (k_new, v_new) = self.layers.decode(x, (positions, cache.prefix_mask, cache.index), layer_caches)
         # k_new, v_new: [layers, batch, samples, kv_heads, hd] -> written in place at slot `index`.
         cache = cache.replace(k=write_slot(cache.k, k_new, cache.index), v=write_slot(cache.v, v_new, cache.index),
                               index=cache.index + 1)
@@ -450,7 +461,8 @@ def decode_layerwise(config: TransformerConfig, params: Any, layer_params: tuple
     shared = (positions, cache.prefix_mask, cache.index)
     new_k, new_v = [], []
     for weights, prefix_k, prefix_v, k, v in zip(layer_params, cache.prefix_k, cache.prefix_v, cache.k, cache.v):
-        x, (k_step, v_step) = block.apply({"params": weights}, x, shared, (prefix_k, prefix_v, k, v))
+        x, (k_step, v_step) = block.apply({"params": weights}, x, shared, (prefix_k, prefix_v, k, v),
+                                          method=Block.decode)
         new_k.append(write_slot(k, k_step, cache.index))
         new_v.append(write_slot(v, v_step, cache.index))
     logits = model.apply({"params": params}, x, method=Transformer._logits)

@@ -20,8 +20,7 @@ import re
 import time
 from typing import Any, Sequence
 
-from lsi.batch_decoding import BatchSampler, SampleRequest
-from lsi.decoding import LanguageModel
+from lsi.batch_decoding import BatchSampler, LoadedModel, SampleRequest
 from lsi.io_utils import read_jsonl, write_json_atomic, write_jsonl_atomic
 from lsi.sampling_methods import Greedy, SamplingMethod, Temperature
 from lsi.self_improve.manifest import environment
@@ -82,21 +81,19 @@ def generation_prompts(seeds: Sequence[str], config: QuestionGenConfig, prompter
     return prompts
 
 
-def generate_questions(task: Task, lm: LanguageModel, params: Any, vocab: Any, max_length: int,
-                       config: QuestionGenConfig, output_dir: str | os.PathLike, *, mesh: Any = None,
+def generate_questions(task: Task, model: LoadedModel, config: QuestionGenConfig, output_dir: str | os.PathLike, *,
                        progress: bool = True, prompter: Prompter | None = None) -> dict[str, Any]:
     """Writes generated_pool.jsonl (kept questions) and manifest.json (counts at each filter) under output_dir.
     `prompter` writes both the generation and the filter's prompts (default: the vocabulary's own style)."""
     start = time.perf_counter()
-    prompter = prompter or Prompter.for_vocabulary(vocab)
+    prompter = prompter or Prompter.for_vocabulary(model.vocab)
     output_dir = pathlib.Path(output_dir)
     pool = load_pool(task)
     seeds = [q.question for q in random.Random(config.seed).sample(pool, min(config.num_seed_questions, len(pool)))]
-    generator = BatchSampler(lm, params, vocab, max_length, num_samples=config.samples_per_prompt,
-                             max_new_tokens=config.max_question_tokens,
-                             method=config.method, stop_strings=("\n",),
-                             eos_ids=prompter.eos_ids, batch_size=config.batch_size, seed=config.seed, mesh=mesh,
-                             progress=progress)
+    generator = BatchSampler.for_model(model, num_samples=config.samples_per_prompt,
+                                       max_new_tokens=config.max_question_tokens, method=config.method,
+                                       stop_strings=("\n",), eos_ids=prompter.eos_ids, batch_size=config.batch_size,
+                                       seed=config.seed, progress=progress)
     requests = [SampleRequest(f"genprompt-{i}", p) for i, p in enumerate(generation_prompts(seeds, config, prompter))]
     raw = [text for c in generator.run(requests, total=len(requests)) for text in c.texts]
     seen = {_dedupe_key(s) for s in seeds}
@@ -113,11 +110,10 @@ def generate_questions(task: Task, lm: LanguageModel, params: Any, vocab: Any, m
             candidates.append(question)
     counts["candidates"] = len(candidates)
     exemplars = task.exemplars_for(pool[0])
-    checker = BatchSampler(lm, params, vocab, max_length, num_samples=config.filter_samples,
-                           max_new_tokens=config.filter_max_new_tokens,
-                           method=config.filter_method,
-                           stop_strings=prompter.stop_strings(exemplars), eos_ids=prompter.eos_ids,
-                           batch_size=config.batch_size, seed=config.seed + 1, mesh=mesh, progress=progress)
+    checker = BatchSampler.for_model(model, num_samples=config.filter_samples,
+                                     max_new_tokens=config.filter_max_new_tokens, method=config.filter_method,
+                                     stop_strings=prompter.stop_strings(exemplars), eos_ids=prompter.eos_ids,
+                                     batch_size=config.batch_size, seed=config.seed + 1, progress=progress)
     cot_requests = [SampleRequest(f"gen-{i:06d}", prompter.prompt(PromptFormat.FEW_SHOT_COT, q, exemplars))
                     for i, q in enumerate(candidates)]
     kept = []
@@ -157,8 +153,7 @@ def split_rationale(text: str) -> str:
     return re.sub(r"\s+", " ", body).strip()
 
 
-def generate_exemplars(task: Task, lm: LanguageModel, params: Any, vocab: Any, max_length: int,
-                       config: PromptGenConfig, output_dir: str | os.PathLike, *, mesh: Any = None,
+def generate_exemplars(task: Task, model: LoadedModel, config: PromptGenConfig, output_dir: str | os.PathLike, *,
                        progress: bool = True, prompter: Prompter | None = None) -> list[pathlib.Path]:
     """Writes `templates` exemplar files (generated_00.json, ...) from greedy zero-shot CoT on pool questions, asked
     in `prompter`'s style (default: the vocabulary's own).
@@ -166,14 +161,14 @@ def generate_exemplars(task: Task, lm: LanguageModel, params: Any, vocab: Any, m
     Questions whose rationale yields no parseable answer or no reasoning are skipped; the manifest counts them.
     """
     output_dir = pathlib.Path(output_dir)
-    prompter = prompter or Prompter.for_vocabulary(vocab)
+    prompter = prompter or Prompter.for_vocabulary(model.vocab)
     needed = config.templates * config.shots
     pool = load_pool(task)
     order = list(range(len(pool)))
     random.Random(config.seed).shuffle(order)
-    sampler = BatchSampler(lm, params, vocab, max_length, num_samples=1, max_new_tokens=config.max_new_tokens,
-                           method=Greedy(), stop_strings=prompter.stop_strings(), eos_ids=prompter.eos_ids,
-                           batch_size=config.batch_size, mesh=mesh, progress=progress)
+    sampler = BatchSampler.for_model(model, num_samples=1, max_new_tokens=config.max_new_tokens, method=Greedy(),
+                                     stop_strings=prompter.stop_strings(), eos_ids=prompter.eos_ids,
+                                     batch_size=config.batch_size, progress=progress)
     exemplars: list[Exemplar] = []
     skipped = 0
     # Ask for a margin of extra questions, since some rationales have no usable answer.

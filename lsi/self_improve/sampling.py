@@ -21,8 +21,7 @@ import pathlib
 import time
 from typing import Any, Callable, Sequence
 
-from lsi.batch_decoding import BatchSampler, SampleRequest
-from lsi.decoding import LanguageModel
+from lsi.batch_decoding import BatchSampler, LoadedModel, SampleRequest
 from lsi.io_utils import read_jsonl, write_json_atomic, write_text_atomic
 from lsi.sampling_methods import SamplingMethod, Temperature
 from lsi.self_improve.manifest import environment, file_sha256
@@ -163,8 +162,7 @@ def load_pool(task: Task, max_questions: int | None = None) -> list[Example]:
     return pool
 
 
-def run_sample_stage(task: Task, lm: LanguageModel, params: Any, vocab: Any, max_length: int,
-                     config: SampleStageConfig, output_dir: str | os.PathLike, *, mesh: Any = None,
+def run_sample_stage(task: Task, model: LoadedModel, config: SampleStageConfig, output_dir: str | os.PathLike, *,
                      model_id: str = "", process_index: int = 0, process_count: int = 1,
                      progress: bool = True, wait_for_all_processes: Callable[[], None] | None = None,
                      prompter: Prompter | None = None) -> dict[str, Any]:
@@ -176,17 +174,16 @@ def run_sample_stage(task: Task, lm: LanguageModel, params: Any, vocab: Any, max
     output_dir = pathlib.Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     pool = load_pool(task, config.max_questions)
-    prompter = prompter or Prompter.for_vocabulary(vocab, source=model_id)
+    prompter = prompter or Prompter.for_vocabulary(model.vocab, source=model_id)
     settings = {**dataclasses.asdict(config), "task": task.name, "answer_type": task.answer_type,
                 "pool_sha256": pool_fingerprint(pool),
                 "model": model_id, "exemplar_sets": sorted(task.exemplar_sets), **prompter.describe()}
     _check_config_matches(output_dir, settings)
     fmt = PromptFormat(config.prompt_format)
-    sampler = BatchSampler(
-        lm, params, vocab, max_length, num_samples=config.num_samples, max_new_tokens=config.max_new_tokens,
-        method=config.method,
+    sampler = BatchSampler.for_model(
+        model, num_samples=config.num_samples, max_new_tokens=config.max_new_tokens, method=config.method,
         stop_strings=prompter.stop_strings(task.exemplars_for(pool[0])), eos_ids=prompter.eos_ids,
-        batch_size=config.batch_size, seed=config.seed, mesh=mesh, progress=progress,
+        batch_size=config.batch_size, seed=config.seed, progress=progress,
     )
     start = time.perf_counter()
     ranges = shard_ranges(len(pool), config.num_shards)

@@ -85,7 +85,6 @@ import fractions
 import re
 from typing import Any
 
-from lsi.tasks.base import ANSWER_TYPES
 
 NLI_YES, NLI_NO, NLI_NEUTRAL = "yes", "no", "it is not possible to tell"
 NLI_LABELS = (NLI_YES, NLI_NO, NLI_NEUTRAL)
@@ -182,11 +181,6 @@ _GOLD_YES_NO = {"yes": "yes", "y": "yes", "true": "yes", "1": "yes", "entailment
 # --- DROP text normalization ---------------------------------------------------------------------------------------
 
 _ARTICLES = frozenset(("a", "an", "the"))
-
-
-def _check_type(answer_type: str) -> None:
-    if answer_type not in ANSWER_TYPES:
-        raise ValueError(f"answer_type must be one of {ANSWER_TYPES}, got {answer_type!r}.")
 
 
 # --- numbers -------------------------------------------------------------------------------------------------------
@@ -426,19 +420,177 @@ def _parse_drop_span(span: str, *, gold: bool = False) -> str | None:
     return text or None
 
 
-# --- parsing model output ------------------------------------------------------------------------------------------
+def _as_fraction(canonical: str) -> fractions.Fraction | None:
+    try:
+        return fractions.Fraction(canonical)
+    except (ValueError, ZeroDivisionError):
+        return None
 
 
-def _parse_span(span: str, answer_type: str, num_options: int) -> str | None:
-    if answer_type == "number":
+def _numbers_close(a: fractions.Fraction, b: fractions.Fraction) -> bool:
+    return abs(a - b) <= NUMBER_RELATIVE_TOLERANCE * max(abs(a), abs(b))
+
+
+# --- the answer types ---------------------------------------------------------------------------------------------
+
+
+class AnswerType:
+    """One answer type's rules, together: reading an answer span, the fallback when there is no answer sentence,
+    canonical forms of gold answers, equality and display. Adding a type is a subclass registered in `ANSWER_TYPES`
+    (and its cases in tests/test_answers.py); every stage reaches it through the functions below."""
+
+    name: str = ""
+    numeric_inputs = False  # an int or float gold answer is a number of this type
+    negation_is_an_answer = False  # a span starting "not" is an answer (NLI's "not possible to tell")
+
+    def parse_span(self, span: str, num_options: int) -> str | None:
+        """The canonical answer in an answer sentence's span, or None."""
+        raise NotImplementedError
+
+    def fallback(self, text: str, num_options: int) -> str | None:
+        """The answer of a text with no answer sentence (cut at the first new example), or None."""
+        raise NotImplementedError
+
+    def canonical_text(self, text: str) -> str | None:
+        """The canonical form of a non-empty answer written as a dataset or a model would write it."""
+        raise NotImplementedError
+
+    def canonical_bool(self, value: bool) -> str | None:
+        del value
+        return None
+
+    def equal(self, a: str, b: str) -> bool:
+        """Whether two canonical answers are the same answer."""
+        return a == b
+
+    def display(self, canonical: str, raw: Any) -> str:
+        """How an answer sentence writes the answer `raw` (canonical form `canonical`)."""
+        del raw
+        return canonical
+
+
+def _numbers_equal(a: str, b: str) -> bool:
+    fa, fb = _as_fraction(a), _as_fraction(b)
+    if fa is not None and fb is not None:
+        return _numbers_close(fa, fb)
+    return a == b
+
+
+class NumberAnswer(AnswerType):
+    name, numeric_inputs = "number", True
+
+    def parse_span(self, span: str, num_options: int) -> str | None:
         return _parse_number_span(span)
-    if answer_type == "option":
+
+    def fallback(self, text: str, num_options: int) -> str | None:
+        return _last_number(text)
+
+    def canonical_text(self, text: str) -> str | None:
+        value = _read_number(text)
+        return None if value is None else format_number(value)
+
+    def equal(self, a: str, b: str) -> bool:
+        return _numbers_equal(a, b)
+
+
+class OptionAnswer(AnswerType):
+    name = "option"
+
+    def parse_span(self, span: str, num_options: int) -> str | None:
         return _parse_option_span(span, num_options)
-    if answer_type == "nli":
-        return _parse_label_span(span, _NLI_PATTERNS)
-    if answer_type == "yes_no":
-        return _parse_label_span(span, _YES_NO_PATTERNS)
-    return _parse_drop_span(span)
+
+    def fallback(self, text: str, num_options: int) -> str | None:
+        whole = _strip_fillers(text)
+        match = _OPTION.match(whole)
+        is_direct = "\n" not in whole and len(whole.split()) <= 8 and not _PAREN_OPTION.search(whole, match.end()) \
+            if match else False
+        if is_direct and (not match.group("bare") or len(whole.strip(" .")) == 1):
+            return _parse_option_span(whole, num_options)
+        letters = [m.group(1).lower() for m in _PAREN_OPTION.finditer(text)]
+        letters = [letter for letter in letters if ord(letter) - ord("a") < num_options]
+        return letters[-1] if letters else None
+
+    def canonical_text(self, text: str) -> str | None:
+        if re.fullmatch(r"[1-9]", text):  # 1-based option index (some ARC answer keys)
+            return chr(ord("a") + int(text) - 1)
+        match = _OPTION.match(_strip_fillers(text))
+        if match is None:
+            return None
+        letter = next(g for g in (match.group(k) for k in ("paren", "bracket", "half", "bare")) if g)
+        return letter.lower()
+
+    def display(self, canonical: str, raw: Any) -> str:
+        return f"({canonical})"
+
+
+class LabelAnswer(AnswerType):
+    """A closed set of labels, each read by its patterns; gold answers also by a table of dataset spellings."""
+
+    def __init__(self, name: str, patterns: tuple, gold: dict[str, str], *, gold_requires_end: bool,
+                 negation_is_an_answer: bool = False, labels_from_bool: tuple[str, str] | None = None):
+        self.name, self.patterns, self.gold, self.gold_requires_end = name, patterns, gold, gold_requires_end
+        self.negation_is_an_answer, self.labels_from_bool = negation_is_an_answer, labels_from_bool
+
+    def parse_span(self, span: str, num_options: int) -> str | None:
+        return _parse_label_span(span, self.patterns)
+
+    def fallback(self, text: str, num_options: int) -> str | None:
+        return _parse_label_span(text, self.patterns, require_end=True)
+
+    def canonical_text(self, text: str) -> str | None:
+        key = re.sub(r"\s+", " ", text.lower()).strip(" .!\"'")
+        if key in self.gold:
+            return self.gold[key]
+        return _parse_label_span(text, self.patterns, require_end=self.gold_requires_end)
+
+    def canonical_bool(self, value: bool) -> str | None:
+        if self.labels_from_bool is None:
+            return None
+        return self.labels_from_bool[0] if value else self.labels_from_bool[1]
+
+
+class DropAnswer(AnswerType):
+    name, numeric_inputs = "drop", True
+
+    def parse_span(self, span: str, num_options: int) -> str | None:
+        return _parse_drop_span(span)
+
+    def fallback(self, text: str, num_options: int) -> str | None:
+        first_line = text.split("\n")[0].strip()
+        is_short = (len(first_line.split()) <= _DROP_MAX_FALLBACK_WORDS and "\n" not in text
+                    and not _SENTENCE_END.search(first_line.rstrip(".!?")))
+        if is_short:
+            return _parse_drop_span(first_line.rstrip(".!?"))
+        return _last_number(text)
+
+    def canonical_text(self, text: str) -> str | None:
+        return _parse_drop_span(text, gold=True)
+
+    def equal(self, a: str, b: str) -> bool:
+        return _numbers_equal(a, b)
+
+    def display(self, canonical: str, raw: Any) -> str:
+        if _as_fraction(canonical) is None:  # text keeps its casing
+            return re.sub(r"\s+", " ", str(raw)).strip().rstrip(".!?")
+        return canonical
+
+
+ANSWER_TYPES: dict[str, AnswerType] = {t.name: t for t in (
+    NumberAnswer(),
+    OptionAnswer(),
+    LabelAnswer("nli", _NLI_PATTERNS, _GOLD_NLI, gold_requires_end=False, negation_is_an_answer=True),
+    LabelAnswer("yes_no", _YES_NO_PATTERNS, _GOLD_YES_NO, gold_requires_end=True, labels_from_bool=("yes", "no")),
+    DropAnswer(),
+)}
+
+
+def get_answer_type(name: str) -> AnswerType:
+    if name not in ANSWER_TYPES:
+        raise ValueError(f"answer_type must be one of {tuple(ANSWER_TYPES)}, got {name!r}.")
+    return ANSWER_TYPES[name]
+
+
+# --- parsing model output ------------------------------------------------------------------------------------------
 
 
 def _sentence_after(text: str, start: int) -> str:
@@ -466,36 +618,11 @@ def _until_new_example(text: str) -> str:
     return text[: boundary.start()] if boundary else text
 
 
-def _fallback(text: str, answer_type: str, num_options: int) -> str | None:
-    text = _until_new_example(text).strip()
-    if answer_type == "number":
-        return _last_number(text)
-    if answer_type == "option":
-        whole = _strip_fillers(text)
-        match = _OPTION.match(whole)
-        is_direct = "\n" not in whole and len(whole.split()) <= 8 and not _PAREN_OPTION.search(whole, match.end()) \
-            if match else False
-        if is_direct and (not match.group("bare") or len(whole.strip(" .")) == 1):
-            return _parse_option_span(whole, num_options)
-        letters = [m.group(1).lower() for m in _PAREN_OPTION.finditer(text)]
-        letters = [letter for letter in letters if ord(letter) - ord("a") < num_options]
-        return letters[-1] if letters else None
-    if answer_type in ("nli", "yes_no"):
-        patterns = _NLI_PATTERNS if answer_type == "nli" else _YES_NO_PATTERNS
-        return _parse_label_span(text, patterns, require_end=True)
-    first_line = text.split("\n")[0].strip()
-    is_short = (len(first_line.split()) <= _DROP_MAX_FALLBACK_WORDS and "\n" not in text
-                and not _SENTENCE_END.search(first_line.rstrip(".!?")))
-    if is_short:
-        return _parse_drop_span(first_line.rstrip(".!?"))
-    return _last_number(text)
-
-
 def parse_answer(text: str, answer_type: str, *, num_options: int = 5, strict: bool = False) -> str | None:
     """The canonical answer stated in a model's output (a chain of thought or a direct answer), or None when it states
     none that can be read. See the module docstring for the rules; `strict=True` reads only "... answer is X"
     sentences (no "Answer:" labels, no per-type fallbacks)."""
-    _check_type(answer_type)
+    kind = get_answer_type(answer_type)
     if not 1 <= num_options <= 26:
         raise ValueError(f"num_options must be in [1, 26], got {num_options}.")
     if not text or not text.strip():
@@ -507,12 +634,12 @@ def parse_answer(text: str, answer_type: str, *, num_options: int = 5, strict: b
         span, negated = found
         if negated:
             return None
-        if answer_type != "nli" and re.match(r"(?:not|never)\b", _strip_fillers(span), re.I):
+        if not kind.negation_is_an_answer and re.match(r"(?:not|never)\b", _strip_fillers(span), re.I):
             return None
-        return _parse_span(span, answer_type, num_options)
+        return kind.parse_span(span, num_options)
     if strict:
         return None
-    return _fallback(text, answer_type, num_options)
+    return kind.fallback(_until_new_example(text).strip(), num_options)
 
 
 # --- gold answers, equality and answer sentences -------------------------------------------------------------------
@@ -521,41 +648,17 @@ def parse_answer(text: str, answer_type: str, *, num_options: int = 5, strict: b
 def canonicalize(answer: Any, answer_type: str) -> str | None:
     """The canonical form of an answer given as a dataset would write it (or already canonical), or None when it
     cannot be read as `answer_type`. Numbers, bools and strings are accepted."""
-    _check_type(answer_type)
+    kind = get_answer_type(answer_type)
     if answer is None:
         return None
     if isinstance(answer, bool):
-        if answer_type == "yes_no":
-            return "yes" if answer else "no"
-        return None
+        return kind.canonical_bool(answer)
     if isinstance(answer, (int, float)):
-        if answer_type not in ("number", "drop") or answer != answer or answer in (float("inf"), float("-inf")):
+        if not kind.numeric_inputs or answer != answer or answer in (float("inf"), float("-inf")):
             return None
         return format_number(fractions.Fraction(str(answer)))
     text = str(answer).strip()
-    if not text:
-        return None
-    if answer_type == "number":
-        value = _read_number(text)
-        return None if value is None else format_number(value)
-    if answer_type == "option":
-        if re.fullmatch(r"[1-9]", text):  # 1-based option index (some ARC answer keys)
-            return chr(ord("a") + int(text) - 1)
-        match = _OPTION.match(_strip_fillers(text))
-        if match is None:
-            return None
-        letter = next(g for g in (match.group(k) for k in ("paren", "bracket", "half", "bare")) if g)
-        return letter.lower()
-    key = re.sub(r"\s+", " ", text.lower()).strip(" .!\"'")
-    if answer_type == "nli":
-        if key in _GOLD_NLI:
-            return _GOLD_NLI[key]
-        return _parse_label_span(text, _NLI_PATTERNS)
-    if answer_type == "yes_no":
-        if key in _GOLD_YES_NO:
-            return _GOLD_YES_NO[key]
-        return _parse_label_span(text, _YES_NO_PATTERNS, require_end=True)
-    return _parse_drop_span(text, gold=True)
+    return kind.canonical_text(text) if text else None
 
 
 def normalize_gold(answer: Any, answer_type: str) -> str:
@@ -567,32 +670,17 @@ def normalize_gold(answer: Any, answer_type: str) -> str:
     return canonical
 
 
-def _as_fraction(canonical: str) -> fractions.Fraction | None:
-    try:
-        return fractions.Fraction(canonical)
-    except (ValueError, ZeroDivisionError):
-        return None
-
-
-def _numbers_close(a: fractions.Fraction, b: fractions.Fraction) -> bool:
-    return abs(a - b) <= NUMBER_RELATIVE_TOLERANCE * max(abs(a), abs(b))
-
-
 def answers_equal(a: str | None, b: str | None, answer_type: str) -> bool:
     """Whether two answers (canonical or as written) are the same answer: numbers numerically within a relative
     tolerance of 1e-6 ("1,000" == "1000.0"), labels by canonical form, DROP spans by normalized text. None equals
     nothing, not even None."""
-    _check_type(answer_type)
+    kind = get_answer_type(answer_type)
     if a is None or b is None:
         return False
     ca, cb = canonicalize(a, answer_type), canonicalize(b, answer_type)
     if ca is None or cb is None:
         return str(a).strip().lower() == str(b).strip().lower()
-    if answer_type in ("number", "drop"):
-        fa, fb = _as_fraction(ca), _as_fraction(cb)
-        if fa is not None and fb is not None:
-            return _numbers_close(fa, fb)
-    return ca == cb
+    return kind.equal(ca, cb)
 
 
 def display_answer(answer: Any, answer_type: str) -> str:
@@ -601,11 +689,7 @@ def display_answer(answer: Any, answer_type: str) -> str:
     canonical = canonicalize(answer, answer_type)
     if canonical is None:
         raise ValueError(f"Cannot write {answer!r} as a {answer_type!r} answer.")
-    if answer_type == "option":
-        return f"({canonical})"
-    if answer_type == "drop" and _as_fraction(canonical) is None:
-        return re.sub(r"\s+", " ", str(answer)).strip().rstrip(".!?")
-    return canonical
+    return ANSWER_TYPES[answer_type].display(canonical, answer)
 
 
 def answer_sentence(answer: Any, answer_type: str, prefix: str = "The answer is") -> str:

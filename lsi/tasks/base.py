@@ -14,8 +14,9 @@ import pathlib
 from typing import Any, Callable, Sequence
 
 from lsi.io_utils import open_text
+from lsi.tasks import answers
 
-ANSWER_TYPES = ("number", "option", "nli", "yes_no", "drop")
+ANSWER_TYPES = tuple(answers.ANSWER_TYPES)  # the names; the rules of each are `answers.ANSWER_TYPES[name]`
 DATA_DIR_ENV = "LSI_DATA_DIR"
 
 

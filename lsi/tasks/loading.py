@@ -133,6 +133,15 @@ def option_label(index: int) -> str:
     return f"({chr(ord('a') + index)})"
 
 
+def multiple_choice_example(example_id: str, question: str, options: Sequence[str], correct_index: int,
+                            path: pathlib.Path, line: int) -> Example:
+    """An "option" example: `question` already ends with its formatted options; the gold is the correct option's
+    label, and the metadata keeps the source line and the option texts."""
+    return Example(id=example_id, question=question,
+                   answer=canonical_gold(option_label(correct_index), "option", path, line),
+                   metadata={"source": f"{path.name}:{line}", "options": list(options)})
+
+
 # --- canonical gold answers --------------------------------------------------------------------------------------
 
 
@@ -195,6 +204,22 @@ def make_task(
         description=description,
         **kwargs,
     )
+
+
+def split_file_task(name: str, answer_type: str, load_split: Callable[[str, Any], list[Example]],
+                    description: str) -> Callable[..., Task]:
+    """The registry factory `(data_dir=None, seed=0, pool_size=None, eval_size=None) -> Task` of a task whose pool
+    and eval splits come from one loader, `load_split("pool" | "eval", data_dir)`, prompted with the exemplars named
+    after the task."""
+
+    def factory(data_dir: str | os.PathLike | None = None, seed: int = 0, pool_size: int | None = None,
+                eval_size: int | None = None) -> Task:
+        return make_task(name, answer_type, lambda: load_split("pool", data_dir), lambda: load_split("eval", data_dir),
+                         {"default": load_exemplars(name)}, seed=seed, pool_size=pool_size, eval_size=eval_size,
+                         description=description)
+
+    factory.__name__ = name
+    return factory
 
 
 def eval_only_task(name: str, answer_type: str, load_eval: Callable[[], list[Example]], exemplars: str, *,

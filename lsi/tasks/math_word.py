@@ -73,23 +73,15 @@ def load_aqua(data_dir: str | os.PathLike | None = None) -> list[Example]:
         correct = loading.field(record, "correct", path, line).strip()
         if correct not in "ABCDE"[: len(options)] or len(correct) != 1:
             raise ValueError(f"{path}:{line}: field 'correct' is {correct!r}, not one of the option letters.")
-        examples.append(Example(
-            id=f"aqua-test-{line - 1:03d}",
-            question=f"{question} Answer Choices: {loading.format_options(options)}",
-            answer=loading.canonical_gold(f"({correct.lower()})", "option", path, line),
-            metadata={"source": f"{path.name}:{line}", "options": options},
-        ))
+        examples.append(loading.multiple_choice_example(
+            f"aqua-test-{line - 1:03d}", f"{question} Answer Choices: {loading.format_options(options)}", options,
+            "ABCDE".index(correct), path, line))
     return examples
 
 
-def gsm8k(data_dir=None, seed=0, pool_size=None, eval_size=None) -> Task:
-    return loading.make_task(
-        "gsm8k", "number",
-        lambda: load_gsm8k("pool", data_dir), lambda: load_gsm8k("eval", data_dir),
-        {"default": loading.load_exemplars("gsm8k")},
-        seed=seed, pool_size=pool_size, eval_size=eval_size,
-        description="GSM8K grade-school math: pool = train (7,473), eval = test (1,319).",
-    )
+gsm8k = loading.split_file_task(
+    "gsm8k", "number", load_gsm8k,
+    "GSM8K grade-school math: pool = train (7,473), eval = test (1,319).")
 
 
 def svamp(data_dir=None, seed=0, pool_size=None, eval_size=None) -> Task:

@@ -15,7 +15,7 @@ import os
 import re
 
 from lsi.tasks import loading
-from lsi.tasks.base import Example, Task, data_file
+from lsi.tasks.base import Example, data_file
 
 ARC_FILES = {"pool": "arc_challenge/ARC-Challenge-Dev.jsonl", "eval": "arc_challenge/ARC-Challenge-Test.jsonl"}
 OPENBOOKQA_FILES = {"pool": "openbookqa/train.tsv", "eval": "openbookqa/test.tsv"}
@@ -33,13 +33,9 @@ def load_arc(split: str, data_dir: str | os.PathLike | None = None) -> list[Exam
         key = str(loading.field(record, "answerKey", path, line)).strip()
         if key not in labels:
             raise ValueError(f"{path}:{line}: field 'answerKey' {key!r} is not one of the choice labels {labels}.")
-        index = labels.index(key)
-        examples.append(Example(
-            id=f"arc_challenge-{loading.field(record, 'id', path, line)}",
-            question=f"{stem} {loading.format_options(options, end_with_period=True)}",
-            answer=loading.canonical_gold(loading.option_label(index), "option", path, line),
-            metadata={"source": f"{path.name}:{line}", "options": options},
-        ))
+        examples.append(loading.multiple_choice_example(
+            f"arc_challenge-{loading.field(record, 'id', path, line)}",
+            f"{stem} {loading.format_options(options, end_with_period=True)}", options, labels.index(key), path, line))
     return examples
 
 
@@ -56,30 +52,17 @@ def load_openbookqa(split: str, data_dir: str | os.PathLike | None = None) -> li
         key = loading.field(record, "Answer Key", path, line).strip()
         if key not in labels:
             raise ValueError(f"{path}:{line}: field 'Answer Key' {key!r} is not one of the choice labels {labels}.")
-        examples.append(Example(
-            id=f"openbookqa-{loading.field(record, 'ID', path, line)}",
-            question=f"{stem} {loading.format_options(options)}",
-            answer=loading.canonical_gold(loading.option_label(labels.index(key)), "option", path, line),
-            metadata={"source": f"{path.name}:{line}", "options": options},
-        ))
+        examples.append(loading.multiple_choice_example(
+            f"openbookqa-{loading.field(record, 'ID', path, line)}", f"{stem} {loading.format_options(options)}",
+            options, labels.index(key), path, line))
     return examples
 
 
-def arc_challenge(data_dir=None, seed=0, pool_size=None, eval_size=None) -> Task:
-    return loading.make_task(
-        "arc_challenge", "option",
-        lambda: load_arc("pool", data_dir), lambda: load_arc("eval", data_dir),
-        {"default": loading.load_exemplars("arc_challenge")},
-        seed=seed, pool_size=pool_size, eval_size=eval_size,
-        description="ARC-Challenge: pool = dev (299), eval = test (1,172).",
-    )
+arc_challenge = loading.split_file_task(
+    "arc_challenge", "option", load_arc,
+    "ARC-Challenge: pool = dev (299), eval = test (1,172).")
 
 
-def openbookqa(data_dir=None, seed=0, pool_size=None, eval_size=None) -> Task:
-    return loading.make_task(
-        "openbookqa", "option",
-        lambda: load_openbookqa("pool", data_dir), lambda: load_openbookqa("eval", data_dir),
-        {"default": loading.load_exemplars("openbookqa")},
-        seed=seed, pool_size=pool_size, eval_size=eval_size,
-        description="OpenBookQA: pool = train (4,957), eval = test (500).",
-    )
+openbookqa = loading.split_file_task(
+    "openbookqa", "option", load_openbookqa,
+    "OpenBookQA: pool = train (4,957), eval = test (500).")

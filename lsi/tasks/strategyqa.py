@@ -13,7 +13,7 @@ import json
 import os
 
 from lsi.tasks import loading
-from lsi.tasks.base import Example, Task, data_file
+from lsi.tasks.base import Example, data_file
 
 STRATEGYQA_FILES = {"pool": "strategyqa/train.json", "eval": "strategyqa/dev.json"}
 BIGBENCH_FILE = "strategyqa/task.json"
@@ -58,11 +58,6 @@ def load_bigbench(data_dir: str | os.PathLike | None = None) -> list[Example]:
     return examples
 
 
-def strategyqa(data_dir=None, seed=0, pool_size=None, eval_size=None) -> Task:
-    return loading.make_task(
-        "strategyqa", "yes_no",
-        lambda: load_strategyqa("pool", data_dir), lambda: load_strategyqa("eval", data_dir),
-        {"default": loading.load_exemplars("strategyqa")},
-        seed=seed, pool_size=pool_size, eval_size=eval_size,
-        description="StrategyQA: pool = train.json (2,061), eval = dev.json (229).",
-    )
+strategyqa = loading.split_file_task(
+    "strategyqa", "yes_no", load_strategyqa,
+    "StrategyQA: pool = train.json (2,061), eval = dev.json (229).")

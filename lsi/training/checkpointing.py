@@ -1,6 +1,6 @@
 """Orbax checkpoints of the train state plus the data iterator's position, with fallback past a damaged latest step.
 
-A step directory holds two items: "state" (step, float32 params, optimizer state, rng; restored straight onto the
+A step directory holds two items: "state" (step, float32 params, optimizer state; restored straight onto the
 mesh with the shardings the train step expects) and "data" (JSON: the iterator position). Saves are synchronous and
 orbax finalises a step directory atomically, so a killed save leaves no step that looks complete; a step that does
 look complete but fails to restore (files deleted or corrupted later) is skipped with a warning.

@@ -1,5 +1,6 @@
 """The fine-tuning loop, in t5x's shape: a train state; `make_train_step` builds a partitioned, jitted
-`train_step(state, batch) -> (state, metrics)` from a `LossFn` with gradient accumulation; `restore_or_init` resumes
+`train_step(state, batch) -> (state, metrics)` from a `LossFn` and a `Parameterization` (what trains: every
+weight, or LoRA adapters on frozen ones) with gradient accumulation; `restore_or_init` resumes
 from orbax checkpoints that also hold the data position (exact resume); `MetricsLogger` owns timing, MFU, the
 non-finite guard and the metric writers; `train` is the loop over them.
 
@@ -20,7 +21,7 @@ import math
 import os
 import pathlib
 import time
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Protocol, Sequence
 
 import flax
 import jax
@@ -33,6 +34,7 @@ from lsi.models import Transformer, TransformerConfig, abstract_params, param_lo
 from lsi.partitioning import MeshConfig, activation_sharding, constrain, logical_sharding, make_mesh, tree_shardings
 from lsi.training.checkpointing import Checkpointer
 from lsi.training.data import FEATURE_DTYPES, FEATURES, PackingStats
+from lsi.training.lora import LoraConfig, LoraParams
 from lsi.training.optimizers import OptimizerConfig, learning_rate_schedule, make_optimizer, optimizer_state_axes
 
 log = logging.getLogger(__name__)
@@ -66,6 +68,7 @@ class TrainConfig:
     peak_flops_per_s: float | None = None  # all devices together; enables the MFU metric
     progress_bar: bool = True
     export_dtype: str = "float32"  # weights of the exported HF directory: float32 or bfloat16
+    lora: LoraConfig | None = None  # LoRA adapters on the frozen model instead of full fine-tuning
 
     def __post_init__(self) -> None:
         # 0 steps would export the starting model unchanged as "trained": a zero-step control evaluates the base
@@ -80,8 +83,63 @@ class TrainConfig:
 @flax.struct.dataclass
 class TrainState:
     step: jax.Array  # int32 []
-    params: Any  # float32 master weights
-    opt_state: Any
+    params: Any  # float32 master weights, as the `Parameterization` lays them out
+    opt_state: Any  # of the trainable params only
+
+
+# --- what is trained ---------------------------------------------------------------------------------------------
+
+class Parameterization(Protocol):
+    """What the train step optimises, built over the model's params: the layout of the state's params, which of their
+    leaves train (`is_trainable`: a bool per leaf, or a prefix of the tree), and the model params they stand for
+    (what the loss applies the model to and what export writes)."""
+
+    def init(self, model_params: Any) -> Any: ...
+    def abstract(self, model_cfg: TransformerConfig) -> Any: ...
+    def logical_axes(self, model_cfg: TransformerConfig) -> Any: ...
+    def is_trainable(self, params: Any) -> Any: ...
+    def model_params(self, params: Any) -> Any: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class FullFineTuning:
+    """Every model parameter trains."""
+
+    def init(self, model_params: Any) -> Any:
+        return model_params
+
+    def abstract(self, model_cfg: TransformerConfig) -> Any:
+        return abstract_params(model_cfg)
+
+    def logical_axes(self, model_cfg: TransformerConfig) -> Any:
+        return param_logical_axes(model_cfg)
+
+    def is_trainable(self, params: Any) -> bool:
+        del params
+        return True
+
+    def model_params(self, params: Any) -> Any:
+        return params
+
+
+def parameterization(config: TrainConfig) -> Parameterization:
+    return LoraParams(config.lora, config.seed) if config.lora is not None else FullFineTuning()
+
+
+def trainable_mask(parameterization: Parameterization, params: Any) -> Any:
+    """`is_trainable` broadcast to a bool on every leaf of `params` (which may be ShapeDtypeStructs)."""
+    return jax.tree.map(lambda flag, sub: jax.tree.map(lambda _: bool(flag), sub),
+                        parameterization.is_trainable(params), params)
+
+
+def select(tree: Any, mask: Any, trainable: bool) -> Any:
+    """`tree` with None in place of the leaves whose mask is not `trainable` (an empty subtree to jax and optax)."""
+    return jax.tree.map(lambda flag, x: x if flag == trainable else None, mask, tree)
+
+
+def combine(mask: Any, trainable: Any, frozen: Any) -> Any:
+    """The inverse of `select`: each leaf from `trainable` where the mask is set, else from `frozen`."""
+    return jax.tree.map(lambda flag, t, f: t if flag else f, mask, trainable, frozen, is_leaf=lambda x: x is None)
 
 
 # --- loss -------------------------------------------------------------------------------------------------------
@@ -131,13 +189,16 @@ def training_model_config(config: TrainConfig, model_cfg: TransformerConfig) -> 
     return model_cfg.replace(param_dtype=jnp.float32, **({"dtype": config.dtype} if config.dtype is not None else {}))
 
 
-def state_axes_and_abstract(model_cfg: TransformerConfig, optimizer: optax.GradientTransformation
-                            ) -> tuple[TrainState, TrainState]:
+def state_axes_and_abstract(model_cfg: TransformerConfig, optimizer: optax.GradientTransformation,
+                            params_layout: Parameterization = FullFineTuning()) -> tuple[TrainState, TrainState]:
     """(logical axes, ShapeDtypeStructs) of the train state, computed without allocating."""
-    params = abstract_params(model_cfg)
-    params_axes = param_logical_axes(model_cfg)
-    opt_state = jax.eval_shape(optimizer.init, params)
-    axes = TrainState(step=(), params=params_axes, opt_state=optimizer_state_axes(opt_state, params, params_axes))
+    params = params_layout.abstract(model_cfg)
+    params_axes = params_layout.logical_axes(model_cfg)
+    mask = trainable_mask(params_layout, params)
+    trainable, trainable_axes = select(params, mask, True), select(params_axes, mask, True)
+    opt_state = jax.eval_shape(optimizer.init, trainable)
+    axes = TrainState(step=(), params=params_axes,
+                      opt_state=optimizer_state_axes(opt_state, trainable, trainable_axes))
     abstract = TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=params, opt_state=opt_state)
     return axes, abstract
 
@@ -170,6 +231,7 @@ class TrainStep:
     shardings: TrainState  # NamedSharding per state leaf
     abstract: TrainState  # ShapeDtypeStruct per state leaf
     batch_sharding: jax.sharding.NamedSharding
+    params_layout: Parameterization
 
     def __call__(self, state: TrainState, batch: dict[str, jax.Array]) -> tuple[TrainState, dict[str, jax.Array]]:
         return self.fn(state, batch)
@@ -177,45 +239,54 @@ class TrainStep:
 
 @functools.lru_cache(maxsize=16)
 def make_train_step(model_cfg: TransformerConfig, opt_cfg: OptimizerConfig, num_microbatches: int,
-                    mesh: jax.sharding.Mesh, batch_shape: tuple[int, int],
-                    loss_fn: LossFn = cross_entropy_loss) -> TrainStep:
-    """The train step for a model, optimizer and batch shape (cached: repeated `train` calls reuse one compile).
-    The loss sum and every summed metric are divided by the batch's "target_tokens"."""
+                    mesh: jax.sharding.Mesh, batch_shape: tuple[int, int], loss_fn: LossFn = cross_entropy_loss,
+                    params_layout: Parameterization = FullFineTuning()) -> TrainStep:
+    """The train step for a model, optimizer, batch shape and parameterization (cached: repeated `train` calls reuse
+    one compile). The loss sum and every summed metric are divided by the batch's "target_tokens"; only the
+    trainable params get gradients and optimizer state."""
     optimizer = make_optimizer(opt_cfg)
     schedule = learning_rate_schedule(opt_cfg)
-    axes, abstract = state_axes_and_abstract(model_cfg, optimizer)
+    axes, abstract = state_axes_and_abstract(model_cfg, optimizer, params_layout)
     state_shardings = tree_shardings(abstract, axes, mesh)
     batch_sharding = logical_sharding(BATCH_AXES, batch_shape, mesh)
+    mask = trainable_mask(params_layout, abstract.params)
     model = Transformer(model_cfg)
 
-    def constrained_loss(params: Any, batch: dict[str, jax.Array]) -> tuple[jax.Array, dict[str, jax.Array]]:
-        return loss_fn(model, params, {k: constrain(v, BATCH_AXES) for k, v in batch.items()})
-
-    grad_fn = jax.value_and_grad(constrained_loss, has_aux=True)
-
     def train_step(state: TrainState, batch: dict[str, jax.Array]) -> tuple[TrainState, dict[str, jax.Array]]:
+        trainable, frozen = select(state.params, mask, True), select(state.params, mask, False)
+
+        def constrained_loss(params: Any, batch: dict[str, jax.Array]) -> tuple[jax.Array, dict[str, jax.Array]]:
+            model_params = params_layout.model_params(combine(mask, params, frozen))
+            return loss_fn(model, model_params, {k: constrain(v, BATCH_AXES) for k, v in batch.items()})
+
+        grad_fn = jax.value_and_grad(constrained_loss, has_aux=True)
         with activation_sharding(mesh):
-            grads, loss_sum, sums = _summed_gradients(grad_fn, state.params, batch, num_microbatches)
+            grads, loss_sum, sums = _summed_gradients(grad_fn, trainable, batch, num_microbatches)
         count = sums["target_tokens"]  # weighted when examples carry weights, so it can be below 1
         denom = jnp.where(count > 0, count, 1.0)
         grads = jax.tree.map(lambda g: g / denom, grads)
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        updates, opt_state = optimizer.update(grads, state.opt_state, trainable)
         metrics = {"loss": loss_sum / denom, **{k: v / denom for k, v in sums.items() if k != "target_tokens"},
                    "target_tokens": sums["target_tokens"], "grad_norm": global_norm(grads),
                    "learning_rate": jnp.asarray(schedule(state.step), jnp.float32)}
-        return TrainState(step=state.step + 1, params=optax.apply_updates(state.params, updates),
-                          opt_state=opt_state), metrics
+        params = combine(mask, optax.apply_updates(trainable, updates), frozen)
+        return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     # One sharding for every batch feature (a prefix of the batch dict): batches with or without loss_weights.
     jitted = jax.jit(train_step, in_shardings=(state_shardings, batch_sharding),
                      out_shardings=(state_shardings, replicated), donate_argnums=(0,))
-    return TrainStep(jitted, state_shardings, abstract, batch_sharding)
+    return TrainStep(jitted, state_shardings, abstract, batch_sharding, params_layout)
 
 
-def initial_state(params: Any, opt_cfg: OptimizerConfig, shardings: TrainState) -> TrainState:
-    params = jax.tree.map(lambda x, s: jax.device_put(jnp.asarray(x, jnp.float32), s), params, shardings.params)
-    opt_state = jax.jit(make_optimizer(opt_cfg).init, out_shardings=shardings.opt_state)(params)
+def initial_state(model_params: Any, opt_cfg: OptimizerConfig, shardings: TrainState,
+                  params_layout: Parameterization = FullFineTuning()) -> TrainState:
+    """The step-0 state: `params_layout`'s params over `model_params` on the mesh, optimizer state of the
+    trainable ones."""
+    params = params_layout.init(jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), model_params))
+    params = jax.tree.map(lambda x, s: jax.device_put(x, s), params, shardings.params)
+    trainable = select(params, trainable_mask(params_layout, params), True)
+    opt_state = jax.jit(make_optimizer(opt_cfg).init, out_shardings=shardings.opt_state)(trainable)
     return TrainState(step=jax.device_put(jnp.int32(0), shardings.step), params=params, opt_state=opt_state)
 
 
@@ -363,7 +434,7 @@ def restore_or_init(checkpointer: Checkpointer, train_step: TrainStep, init_para
     restored = checkpointer.restore_latest(abstract)
     if restored is None:
         return initial_state(_host_params(init_params_or_checkpoint, model_cfg), config.optimizer,
-                             train_step.shardings), None
+                             train_step.shardings, train_step.params_layout), None
     step, state, data_state = restored
     if hasattr(data, "set_state"):
         data.set_state(data_state)
@@ -395,7 +466,8 @@ def train(config: TrainConfig, model_cfg: TransformerConfig, init_params_or_chec
     model_cfg = training_model_config(config, model_cfg)
     mesh = make_mesh(MeshConfig(*config.mesh)) if mesh is None else mesh
     batch_shape = (config.batch_size, config.seq_length)
-    train_step = make_train_step(model_cfg, config.optimizer, config.num_microbatches, mesh, batch_shape, loss_fn)
+    train_step = make_train_step(model_cfg, config.optimizer, config.num_microbatches, mesh, batch_shape, loss_fn,
+                                 parameterization(config))
     checkpointer = Checkpointer(output_dir / "checkpoints", keep=config.keep_checkpoints)
     state, restored_from = restore_or_init(checkpointer, train_step, init_params_or_checkpoint, config, model_cfg,
                                            data)
@@ -469,6 +541,7 @@ def finetune(config: TrainConfig, checkpoint: str | os.PathLike, task: str, outp
                               "data": dataclasses.asdict(data.stats),
                               "final_metrics": summary.history[-1] if summary.history else None}
     if export:
-        result["hf_directory"] = str(export_hf(model_cfg, state.params, pathlib.Path(output_dir) / "hf", vocabulary,
+        model_params = parameterization(config).model_params(state.params)  # LoRA: the merged kernels
+        result["hf_directory"] = str(export_hf(model_cfg, model_params, pathlib.Path(output_dir) / "hf", vocabulary,
                                                stop_ids, config.export_dtype))
     return result

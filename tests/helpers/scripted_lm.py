@@ -8,7 +8,6 @@ and batch driver all run on it.
 from __future__ import annotations
 
 import dataclasses
-import types
 
 import jax
 import jax.numpy as jnp
@@ -20,12 +19,7 @@ class ScriptedLM:
     vocab_size: int
     noise_tokens: tuple[int, ...] = ()
     noise_logit: float = -1.0  # relative to the script token's 0.0: noise is sampled sometimes, never argmax
-    max_length: int = 4096
-
-    @property
-    def config(self) -> types.SimpleNamespace:
-        """The part of a model config that lsi.main reads from a loaded model."""
-        return types.SimpleNamespace(max_length=self.max_length)
+    max_length: int = 4096  # what a LoadedModel of it says
 
     def _logits(self, step: jax.Array, shape: tuple[int, ...]) -> jax.Array:
         script = jnp.asarray(self.script, jnp.int32)
