@@ -265,6 +265,9 @@ def main() -> None:
     parser.add_argument("--screens", nargs="*", default=[], metavar="SETTING=RUN_DIR",
                         help="copy a screen stage's results (RUN_DIR/screen/results.json) in under screen/SETTING, "
                              "then exit")
+    parser.add_argument("--reuse_base", action="store_true",
+                        help="take the pool's samples and the base model's dev predictions already in work_dir as they "
+                             "are (an earlier lsi whose stage records differ only in form: a rerun would refuse them)")
     parser.add_argument("--screen_table", action="store_true", help="print the recorded screen as a markdown table")
     args = parser.parse_args()
     if args.screen_table:
@@ -285,8 +288,10 @@ def main() -> None:
             write_json_atomic(output, results)
         return
     entry = results["settings"].setdefault(args.setting, {"task_kwargs": task_kwargs(args.setting), "arms": {}})
-    run_lsi(work / "pool", ["sample"], (), setting=args.setting)
-    run_lsi(work / "base", ["eval"], DEV_EVAL, ("--eval_model=base", "--eval_tag=dev"), args.setting)
+    if not (args.reuse_base and samples_dir(work / "pool").exists()):
+        run_lsi(work / "pool", ["sample"], (), setting=args.setting)
+    if not (args.reuse_base and (work / "base" / "eval" / "dev").exists()):
+        run_lsi(work / "base", ["eval"], DEV_EVAL, ("--eval_model=base", "--eval_tag=dev"), args.setting)
     base = dev_correct(work / "base" / "eval" / "dev")
     entry["base"] = {name: metrics.accuracy(values).as_dict() for name, values in base.items()}
     for name in [a for a in args.arms.split(",") if a]:
