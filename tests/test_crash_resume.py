@@ -151,7 +151,13 @@ def test_two_processes_on_one_stage_give_one_runs_files(reference, answering_mod
     cmd = command(run_dir, answering_model, "train", extra=extra)
     first = subprocess.Popen(cmd, cwd=REPO, env=environment(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _wait_for_lock(first, run_dir / outputs[0])
-    second = subprocess.run(cmd, cwd=REPO, env=environment(), capture_output=True, text=True, timeout=1200)
+    # The first is held still (alive, lock held) while the second runs: a second that starts slowly under load would
+    # otherwise find the stage already finished and rightly do nothing.
+    first.send_signal(signal.SIGSTOP)
+    try:
+        second = subprocess.run(cmd, cwd=REPO, env=environment(), capture_output=True, text=True, timeout=1200)
+    finally:
+        first.send_signal(signal.SIGCONT)
     _, stderr = first.communicate(timeout=1200)
     assert first.returncode == 0, stderr.decode()[-3000:]
     assert second.returncode != 0
