@@ -126,10 +126,10 @@ def parameterization(config: TrainConfig) -> Parameterization:
     return LoraParams(config.lora, config.seed) if config.lora is not None else FullFineTuning()
 
 
-def trainable_mask(parameterization: Parameterization, params: Any) -> Any:
+def trainable_mask(params_layout: Parameterization, params: Any) -> Any:
     """`is_trainable` broadcast to a bool on every leaf of `params` (which may be ShapeDtypeStructs)."""
     return jax.tree.map(lambda flag, sub: jax.tree.map(lambda _: bool(flag), sub),
-                        parameterization.is_trainable(params), params)
+                        params_layout.is_trainable(params), params)
 
 
 def select(tree: Any, mask: Any, trainable: bool) -> Any:
