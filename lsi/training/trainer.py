@@ -139,7 +139,7 @@ def select(tree: Any, mask: Any, trainable: bool) -> Any:
 
 def combine(mask: Any, trainable: Any, frozen: Any) -> Any:
     """The inverse of `select`: each leaf from `trainable` where the mask is set, else from `frozen`."""
-    return jax.tree.map(lambda flag, t, f: t if flag else f, mask, trainable, frozen, is_leaf=lambda x: x is None)
+    return jax.tree.map(lambda flag, t, f: t if flag else f, mask, trainable, frozen)
 
 
 # --- loss -------------------------------------------------------------------------------------------------------
@@ -283,8 +283,9 @@ def initial_state(model_params: Any, opt_cfg: OptimizerConfig, shardings: TrainS
                   params_layout: Parameterization = FullFineTuning()) -> TrainState:
     """The step-0 state: `params_layout`'s params over `model_params` on the mesh, optimizer state of the
     trainable ones."""
-    params = params_layout.init(jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), model_params))
-    params = jax.tree.map(lambda x, s: jax.device_put(x, s), params, shardings.params)
+    # Leaf by leaf onto the mesh, so a large model never sits whole on one device on its way there.
+    params = jax.tree.map(lambda x, s: jax.device_put(jnp.asarray(x, jnp.float32), s),
+                          params_layout.init(model_params), shardings.params)
     trainable = select(params, trainable_mask(params_layout, params), True)
     opt_state = jax.jit(make_optimizer(opt_cfg).init, out_shardings=shardings.opt_state)(trainable)
     return TrainState(step=jax.device_put(jnp.int32(0), shardings.step), params=params, opt_state=opt_state)
