@@ -33,7 +33,8 @@ import numpy as np
 
 from lsi import metrics
 from lsi.batch_decoding import BatchSampler, Completion, LoadedModel, SampleRequest
-from lsi.io_utils import read_jsonl, write_json_atomic, write_jsonl_atomic
+from lsi.io_utils import write_json_atomic
+from lsi.records import Prediction, PredictionSample, read_records, write_records
 from lsi.sampling_methods import Greedy, SamplingMethod, Temperature
 from lsi.self_improve.voting import vote_answers
 from lsi.tasks.answers import answers_equal, parse_answer
@@ -125,28 +126,20 @@ def accuracy_at_subsets(sample_answers: Sequence[Sequence[str | None]], examples
     return results
 
 
-def prediction_record(example: Example, prompt: str, completion: Completion, answer_type: str) -> dict[str, Any]:
+def prediction_record(example: Example, prompt: str, completion: Completion, answer_type: str) -> Prediction:
     """One predictions.jsonl line: every sample's text and parsed answer, the vote and its share, gold, correct."""
     answers = [parse_answer(text, answer_type) for text in completion.texts]
     vote = vote_answers(answers, answer_type)
-    return {
-        "id": example.id,
-        "prompt_hash": prompt_hash(prompt),
-        "samples": [
-            {"text": text, "answer": answer, "finish_reason": reason, "num_tokens": len(ids),
-             "sum_log_prob": log_prob}
-            for text, answer, reason, ids, log_prob in zip(completion.texts, answers, completion.finish_reasons,
-                                                            completion.token_ids, completion.sum_log_probs)
-        ],
-        "vote": vote.answer,
-        "vote_count": vote.count,
-        "vote_share": vote.share_of_all,
-        "vote_share_of_parsed": vote.share_of_parsed,
-        "tie": vote.tie,
-        "gold": example.answer,
-        "gold_alternatives": list(example.alternatives),
-        "correct": _is_correct(vote.answer, example, answer_type),
-    }
+    return Prediction(
+        id=example.id,
+        prompt_hash=prompt_hash(prompt),
+        samples=tuple(
+            PredictionSample(text=text, answer=answer, finish_reason=reason, num_tokens=len(ids), sum_log_prob=lp)
+            for text, answer, reason, ids, lp in zip(completion.texts, answers, completion.finish_reasons,
+                                                      completion.token_ids, completion.sum_log_probs)),
+        vote=vote.answer, vote_count=vote.count, vote_share=vote.share_of_all,
+        vote_share_of_parsed=vote.share_of_parsed, tie=vote.tie, gold=example.answer,
+        gold_alternatives=tuple(example.alternatives), correct=_is_correct(vote.answer, example, answer_type))
 
 
 def _sampling_runs(modes: Sequence[str]) -> list[tuple[str, ...]]:
@@ -166,31 +159,30 @@ def _samples(completion: Completion, first: int, last: int) -> Completion:
 
 
 def _mode_records(mode: str, task: Task, examples: Sequence[Example], completions: dict[str, Completion],
-                  prompts: dict[str, str]) -> tuple[list[dict[str, Any]], list[list[str | None]]]:
+                  prompts: dict[str, str]) -> tuple[list[Prediction], list[list[str | None]]]:
     records = [prediction_record(e, prompts[e.id], completions[e.id], task.answer_type) for e in examples]
-    return records, [[sample["answer"] for sample in r["samples"]] for r in records]
+    return records, [r.answers for r in records]
 
 
-def _mode_metrics(mode: str, task: Task, records: list[dict[str, Any]], all_answers: list[list[str | None]],
+def _mode_metrics(mode: str, task: Task, records: list[Prediction], all_answers: list[list[str | None]],
                   examples: Sequence[Example], config: EvalConfig, sampler: BatchSampler) -> dict[str, Any]:
-    correct = [r["correct"] for r in records]
+    correct = [r.correct for r in records]
     result: dict[str, Any] = {
         "accuracy": metrics.accuracy(correct).as_dict(),
         "num_questions": len(records),
         "unparseable_samples": sum(a is None for answers in all_answers for a in answers),
-        "questions_without_answer": sum(r["vote"] is None for r in records),
-        "ties": sum(r["tie"] for r in records),
-        "finish_reasons": dict(collections.Counter(s["finish_reason"] for r in records for s in r["samples"])),
+        "questions_without_answer": sum(r.vote is None for r in records),
+        "ties": sum(r.tie for r in records),
+        "finish_reasons": dict(collections.Counter(s.finish_reason for r in records for s in r.samples)),
         "sampler": dict(sampler.stats),
     }
     if task.answer_type == "drop":
-        f1 = [metrics.drop_f1(r["vote"] or "", [g for g in (r["gold"], *r["gold_alternatives"]) if g])
-              for r in records]
+        f1 = [metrics.drop_f1(r.vote or "", [g for g in r.golds if g]) for r in records]
         result["f1"] = metrics.bootstrap_ci(f1, seed=config.seed).as_dict()
     if mode == "self_consistency":
         result["accuracy_at_m"] = accuracy_at_subsets(all_answers, examples, task.answer_type,
                                                       config.subsample_sizes, config.subsample_repeats, config.seed)
-        result["calibration"] = metrics.calibration_bins([r["vote_share"] for r in records], correct,
+        result["calibration"] = metrics.calibration_bins([r.vote_share for r in records], correct,
                                                          num_bins=config.calibration_bins)
     return result
 
@@ -238,7 +230,7 @@ def evaluate(task: Task, model: LoadedModel, config: EvalConfig, output_dir: str
                 last = first + 1
             mode_completions = {i: _samples(c, first, last) for i, c in completions.items()}
             records, answers = _mode_records(mode, task, examples, mode_completions, prompts)
-            write_jsonl_atomic(output_dir / mode / "predictions.jsonl", records)
+            write_records(output_dir / mode / Prediction.FILE, records)
             mode_metrics = _mode_metrics(mode, task, records, answers, examples, config, sampler)
             mode_metrics["seconds"] = seconds
             if len(modes) > 1:
@@ -271,8 +263,8 @@ def _complete_modes(output_dir: pathlib.Path, fresh: dict[str, Any], examples: S
     ids = [e.id for e in examples]
     done = {}
     for mode, result in previous.get("modes", {}).items():
-        predictions = output_dir / mode / "predictions.jsonl"
-        if predictions.exists() and [r["id"] for r in load_predictions(predictions)] == ids:
+        predictions = output_dir / mode / Prediction.FILE
+        if predictions.exists() and [r.id for r in load_predictions(predictions)] == ids:
             done[mode] = result
     return done
 
@@ -287,6 +279,6 @@ def format_summary(all_metrics: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def load_predictions(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """Reads a predictions.jsonl; a malformed line is an error naming the file and line."""
-    return [record for _, record in read_jsonl(path)]
+def load_predictions(path: str | os.PathLike) -> list[Prediction]:
+    """Reads a predictions.jsonl; a malformed line or field is an error naming the file, line and field."""
+    return read_records(Prediction, path)

@@ -42,9 +42,13 @@ def write_json_atomic(path: str | os.PathLike, value: Any) -> pathlib.Path:
     return write_text_atomic(path, json.dumps(value, indent=2, sort_keys=False, default=_json_default) + "\n")
 
 
+def json_line(value: Any) -> str:
+    """One JSONL line: compact JSON, non-ASCII kept as is, numpy scalars and dataclasses converted."""
+    return json.dumps(value, ensure_ascii=False, default=_json_default) + "\n"
+
+
 def write_jsonl_atomic(path: str | os.PathLike, records: Iterable[Any]) -> pathlib.Path:
-    lines = (json.dumps(r, ensure_ascii=False, default=_json_default) + "\n" for r in records)
-    return write_text_atomic(path, "".join(lines))
+    return write_text_atomic(path, "".join(json_line(r) for r in records))
 
 
 def _json_default(value: Any) -> Any:

@@ -25,10 +25,9 @@ import subprocess
 from typing import Any, Iterable, Mapping
 
 from lsi.io_utils import write_json_atomic
-from lsi.self_improve.manifest import file_sha256, package_versions
+from lsi.self_improve.manifest import MANIFEST_FILE, file_sha256, package_versions
 
 LINEAGE_FILE = "lineage.json"
-MANIFEST_FILE = "manifest.json"
 
 
 class LineageError(ValueError):

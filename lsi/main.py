@@ -45,9 +45,12 @@ from lsi.decoding import TransformerLM
 from lsi.evaluation import EvalConfig, evaluate, format_summary, split_examples
 from lsi.io_utils import write_json_atomic, write_text_atomic
 from lsi.partitioning import MeshConfig
+from lsi.records import Prediction, PseudoLabel
+from lsi.run_layout import RunLayout, round_tag
 from lsi.sampling_methods import SAMPLING_METHODS, with_temperature
 from lsi.screen import ScreenConfig
 from lsi.self_improve.formats import FormatStageConfig, register_formatted_task, register_mixture, run_format_stage
+from lsi.self_improve.manifest import MANIFEST_FILE, stage_manifest, write_manifest
 from lsi.self_improve.question_gen import (
     PromptGenConfig,
     QuestionGenConfig,
@@ -143,8 +146,9 @@ class Experiment:
         self._loaded: tuple[str, LoadedModel] | None = None
 
     @property
-    def path(self) -> pathlib.Path:
-        return pathlib.Path(self.run_dir)
+    def layout(self) -> RunLayout:
+        """Where every stage of this run writes."""
+        return RunLayout(self.run_dir)
 
     @property
     def training_tasks(self) -> tuple[str, ...]:
@@ -154,30 +158,23 @@ class Experiment:
     def evaluation_tasks(self) -> tuple[str, ...]:
         return tuple(self.eval_tasks) or self.training_tasks
 
-    def round_dir(self, round_index: int) -> pathlib.Path:
-        if round_index < 1:
-            raise ValueError(f"Rounds count from 1, got {round_index}.")
-        return self.path / f"round_{round_index}"
-
     def stage_dir(self, round_index: int, task: str, stage: str) -> pathlib.Path:
-        return self.round_dir(round_index) / self.task_obj(task).name / stage
-
-    def trained_model(self, round_index: int) -> pathlib.Path:
-        return self.round_dir(round_index) / "train" / "hf"
+        """The folder of a round's data stage for the training task called `task`."""
+        return self.layout.stage_dir(round_index, self.task_obj(task).name, stage)
 
     def sampling_model(self, round_index: int) -> str:
         """Round 1 samples with the teacher (distillation) or the base model; round r with round r-1's model."""
         if round_index == 1:
             return self.teacher or self.model
-        return str(self.trained_model(round_index - 1))
+        return str(self.layout.trained_model(round_index - 1))
 
     def starting_model(self, round_index: int) -> str:
         """Round r fine-tunes round r-1's model (round 1: the base model)."""
-        return self.model if round_index == 1 else str(self.trained_model(round_index - 1))
+        return self.model if round_index == 1 else str(self.layout.trained_model(round_index - 1))
 
     def formatted_task_name(self, round_index: int, task: str) -> str:
         # SeqIO task names allow only [\w.:#]: a run folder called "lr-3e-5" must not fail at the train stage.
-        name = f"lsi_{self.path.name}_round{round_index}_{self.task_obj(task).name}"
+        name = f"lsi_{self.layout.root.name}_round{round_index}_{self.task_obj(task).name}"
         return re.sub(r"[^\w.:#]", "_", name)
 
     def base_task(self, name: str | None = None) -> Any:
@@ -196,9 +193,9 @@ class Experiment:
         if name != self.task or not self.generated_exemplars:
             return self.base_task(name)
         if (name, "generated") not in self._tasks:
-            files = sorted((self.path / "exemplars").glob("generated_*.json"))
+            files = sorted(self.layout.exemplars_dir.glob("generated_*.json"))
             if not files:
-                raise FileNotFoundError(f"generated_exemplars is set but {self.path / 'exemplars'} has no "
+                raise FileNotFoundError(f"generated_exemplars is set but {self.layout.exemplars_dir} has no "
                                         f"generated_*.json: run --stage=exemplars first.")
             self._tasks[(name, "generated")] = rotating_task(self.base_task(name), files)
         return self._tasks[(name, "generated")]
@@ -237,7 +234,7 @@ def resolve_eval_model(experiment: Experiment, eval_model: str, round_index: int
     if eval_model == "base":
         return experiment.model
     if eval_model == "trained":
-        return str(experiment.trained_model(round_index))
+        return str(experiment.layout.trained_model(round_index))
     return eval_model
 
 
@@ -259,13 +256,13 @@ def run_eval(experiment: Experiment, tag: str, checkpoint: str, config: EvalConf
     results = {}
     for name in experiment.evaluation_tasks:
         task = experiment.task_obj(name)
-        directory = experiment.path / "eval" / tag / task.name
+        directory = experiment.layout.eval_dir(tag, task.name)
         examples = split_examples(task, config.split)
         with _guarded(experiment, directory, eval_lineage(task, checkpoint, prompter, config, examples)):
             results[task.name] = evaluate(task, experiment.loaded_model(checkpoint), config, directory,
                                           examples=examples, prompter=prompter)
             if _is_writer():
-                seal(directory, ["metrics.json", *(f"{m}/predictions.jsonl" for m in results[task.name]["modes"])])
+                seal(directory, ["metrics.json", *(f"{m}/{Prediction.FILE}" for m in results[task.name]["modes"])])
         print(f"[{tag}] {format_summary(results[task.name])}", flush=True)
     return results
 
@@ -307,7 +304,7 @@ def run_format(experiment: Experiment, round_index: int) -> dict[str, Any]:
         votes, directory = (experiment.stage_dir(round_index, name, s) for s in ("votes", "formats"))
         with _guarded(experiment, directory, format_lineage(task, votes, prompter, experiment.format)):
             if _is_writer():
-                run_format_stage(task, votes / "pseudo_labels.jsonl", directory, experiment.format, prompter)
+                run_format_stage(task, votes / PseudoLabel.FILE, directory, experiment.format, prompter)
                 results[name] = seal(directory)
     return results
 
@@ -323,20 +320,20 @@ def run_stage(experiment: Experiment, stage: str, eval_tag: str | None = None, e
         return runners[stage](experiment)
     if stage == "eval":
         checkpoint = resolve_eval_model(experiment, eval_model, round_index)
-        tag = eval_tag or ("base" if eval_model == "base" else f"round_{round_index}")
+        tag = eval_tag or round_tag(0 if eval_model == "base" else round_index)
         return run_eval(experiment, tag, checkpoint)
     if stage == "report":
         from lsi.report import write_report  # noqa: PLC0415
 
-        return {"report": str(write_report(experiment.path))}
+        return {"report": str(write_report(experiment.layout.root))}
     raise ValueError(f"Unknown stage {stage!r}; known: {', '.join(STAGES)}.")
 
 
 def _kept_manifest(directory: pathlib.Path, state: str, complete: bool) -> dict[str, Any] | None:
     """The manifest of a generation stage that already completed with this lineage, else None."""
-    if state != "same" or not complete or not (directory / "manifest.json").exists():
+    if state != "same" or not complete or not (directory / MANIFEST_FILE).exists():
         return None
-    manifest = json.loads((directory / "manifest.json").read_text())
+    manifest = json.loads((directory / MANIFEST_FILE).read_text())
     print(f"[{manifest.get('stage', directory.name)}] complete in {directory}; kept.", flush=True)
     return manifest
 
@@ -359,10 +356,10 @@ def run_screen_stage(experiment: Experiment) -> dict[str, Any]:
             result = evaluate_cell(experiment.loaded_model(experiment.model), config, prompters.__getitem__)(
                 task, style, temperature, examples, directory)
             if _is_writer():
-                seal(directory, ["metrics.json", *(f"{m}/predictions.jsonl" for m in result["modes"])])
+                seal(directory, ["metrics.json", *(f"{m}/{Prediction.FILE}" for m in result["modes"])])
         return result
 
-    results = run_screen(tasks, config, experiment.path / "screen", sample_cell)
+    results = run_screen(tasks, config, experiment.layout.screen_dir, sample_cell)
     print(format_screen(results), flush=True)
     return results
 
@@ -371,12 +368,12 @@ def _generation_guard(experiment: Experiment, stage: str, seed_task: Any, config
     questions = {seed_task.name: seed_task.load_pool()}
     style = experiment.prompter(experiment.model).describe()
     lineage = generation_lineage(stage, [seed_task], experiment.model, config, style, questions)
-    return _guarded(experiment, experiment.path / stage, lineage)
+    return _guarded(experiment, experiment.layout.root / stage, lineage)
 
 
 def run_questions(experiment: Experiment) -> dict[str, Any]:
     """Self-generated questions (Table 6) by the base model into run_dir/questions/generated_pool.jsonl."""
-    directory = experiment.path / "questions"
+    directory = experiment.layout.questions_dir
     prompter = experiment.prompter(experiment.model)
     seed_task = experiment.task_obj(experiment.question_task or experiment.task)
     with _generation_guard(experiment, "questions", seed_task, experiment.questions) as state:
@@ -394,7 +391,7 @@ def run_questions(experiment: Experiment) -> dict[str, Any]:
 
 def run_exemplars(experiment: Experiment) -> dict[str, Any]:
     """Self-generated few-shot CoT templates (Figure 3) by the base model into run_dir/exemplars/."""
-    directory = experiment.path / "exemplars"
+    directory = experiment.layout.exemplars_dir
     prompter = experiment.prompter(experiment.model)
     with _generation_guard(experiment, "exemplars", experiment.base_task(), experiment.exemplars) as state:
         complete = len(list(directory.glob("generated_*.json"))) == experiment.exemplars.templates
@@ -424,31 +421,33 @@ def _train_data(experiment: Experiment, round_index: int, vocab: Any) -> tuple[s
         register_formatted_task(name, directory, vocab)
     if len(formats) == 1:
         return next(iter(formats)), formats
-    return register_mixture(f"lsi_{experiment.path.name}_round{round_index}_mixture", formats), formats
+    return register_mixture(f"lsi_{experiment.layout.root.name}_round{round_index}_mixture", formats), formats
 
 
 def run_train(experiment: Experiment, round_index: int) -> dict[str, Any]:
     """Fine-tunes round r's starting model on the formatted data of every train task (one mixture if several)."""
     from lsi.training.trainer import finetune  # noqa: PLC0415
 
-    start = experiment.starting_model(round_index)
+    began, start = time.perf_counter(), experiment.starting_model(round_index)
     vocab = experiment.vocabulary(start)
     prompter = experiment.prompter(start)
-    train_dir = experiment.round_dir(round_index) / "train"
+    train_dir = experiment.layout.train_dir(round_index)
     data_name, _ = _train_data(experiment, round_index, vocab)
     by_task = {name: experiment.stage_dir(round_index, name, "formats") for name in experiment.training_tasks}
     with _guarded(experiment, train_dir, train_lineage(by_task, start, prompter, experiment.train)):
-        previous = _read_json(train_dir / "manifest.json")
+        previous = _read_json(train_dir / MANIFEST_FILE)
         result = finetune(experiment.train, start, data_name, train_dir, vocab,
                           mesh=partitioning.make_mesh(experiment.mesh), stop_ids=prompter.eos_ids)
         # A rerun of a finished round trains nothing: it keeps the metrics of the run that trained.
         result["final_metrics"] = (result["final_metrics"] or previous.get("final_metrics")
                                    or _last_logged_metrics(train_dir))
         if _is_writer():
-            write_json_atomic(train_dir / "manifest.json", {
-                "stage": "train", "config": json.loads(json.dumps(dataclasses.asdict(experiment.train), default=str)),
-                **prompter.describe(), "inputs": {"model": str(start), "data": data_name},
-                "counts": {"steps": result["steps"], "data": result["data"]}, "final_metrics": result["final_metrics"]})
+            write_manifest(train_dir, stage_manifest(
+                "train", {**json.loads(json.dumps(dataclasses.asdict(experiment.train), default=str)),
+                          **prompter.describe()},
+                inputs={"model": str(start), "data": data_name},
+                counts={"steps": result["steps"], "data": result["data"]}, final_metrics=result["final_metrics"],
+                seconds=time.perf_counter() - began))
             seal(train_dir, ["hf"])
     return result
 
@@ -486,7 +485,7 @@ def self_improve(experiment: Experiment) -> dict[str, Any]:
                 dataclasses.replace(sweep_config, method=with_temperature(sweep_config.method, temperature))))
 
     if experiment.eval_before:
-        evaluate_tag("base", experiment.model)
+        evaluate_tag(round_tag(0), experiment.model)
     for round_index in range(1, experiment.num_rounds + 1):
         counts: dict[str, Any] = {}
         for stage in ("sample", "vote", "format"):
@@ -495,14 +494,14 @@ def self_improve(experiment: Experiment) -> dict[str, Any]:
         trained = run_train(experiment, round_index)
         counts["train"] = {"steps": trained["steps"], "final_metrics": trained["final_metrics"]}
         summary["rounds"][str(round_index)] = counts
-        evaluate_tag(f"round_{round_index}", str(experiment.trained_model(round_index)))
+        evaluate_tag(round_tag(round_index), str(experiment.layout.trained_model(round_index)))
     # Wall time of this invocation: a resumed run counts only the work it did.
     summary["seconds"] = time.perf_counter() - start
-    write_json_atomic(experiment.path / "summary.json", summary)
+    write_json_atomic(experiment.layout.summary, summary)
     from lsi.report import format_before_after, write_report  # noqa: PLC0415
 
-    summary["report"] = str(write_report(experiment.path))
-    print(format_before_after(experiment.path), flush=True)
+    summary["report"] = str(write_report(experiment.layout.root))
+    print(format_before_after(experiment.layout.root), flush=True)
     print(f"Report: {summary['report']}\nWall time: {summary['seconds'] / 60:.1f} min", flush=True)
     return summary
 
@@ -587,9 +586,9 @@ def main(argv: Sequence[str]) -> None:
         # CPU processes need a collectives backend for cross-process arrays (TPU and GPU have their own).
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
         jax.distributed.initialize(experiment.coordinator_address, experiment.num_processes, experiment.process_id)
-    experiment.path.mkdir(parents=True, exist_ok=True)
+    experiment.layout.root.mkdir(parents=True, exist_ok=True)
     experiment.restart = Restart(args.restart_stage)
-    write_text_atomic(experiment.path / "config.gin", gin.config_str())
+    write_text_atomic(experiment.layout.config_gin, gin.config_str())
     for stage in args.stage:
         result = run_stage(experiment, stage, args.eval_tag, args.eval_model, args.round)
         logging.info("stage %s done: %s", stage, json.dumps(

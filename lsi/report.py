@@ -27,7 +27,6 @@ import json
 import math
 import os
 import pathlib
-import re
 import sys
 from typing import Any, Callable, Sequence
 
@@ -35,15 +34,21 @@ from matplotlib.figure import Figure
 
 from lsi import metrics
 from lsi.io_utils import read_jsonl, write_bytes_atomic, write_text_atomic
+from lsi.records import Prediction, PseudoLabel, read_records
+from lsi.run_layout import (
+    BASE_TAG,
+    DATA_STAGES,
+    RunLayout,
+    round_tag,
+    stage_round,
+    tag_stage,
+)
 
 MODES = ("standard", "cot_greedy", "self_consistency", "zero_shot_cot")  # lsi.evaluation.MODES, without jax
 MODE_NAMES = {"standard": "Standard", "cot_greedy": "CoT (greedy)", "self_consistency": "Self-consistency",
               "zero_shot_cot": "Zero-shot CoT (greedy)"}
-STAGE_KINDS = ("samples", "votes", "formats")
 PLOT_FILES = ("calibration.png", "accuracy_vs_m.png", "temperature.png", "training_loss.png",
               "pseudo_label_vote_share.png")
-_TAG = re.compile(r"^(?P<stage>base|round_(?P<round>\d+))(?P<variant>_.+)?$")
-_ROUND_DIR = re.compile(r"^round_(\d+)$")
 
 
 # --- loading ---------------------------------------------------------------------------------------------------------
@@ -61,20 +66,6 @@ def _read_json_object(path: pathlib.Path) -> dict:
     if not isinstance(value, dict):
         raise ValueError(f"{path}: expected a JSON object, got {type(value).__name__}.")
     return value
-
-
-def tag_stage(tag: str) -> str:
-    """The model stage an eval tag belongs to: "round_1_t1.2" -> "round_1"; an unrecognised tag is its own stage."""
-    match = _TAG.match(tag)
-    return match["stage"] if match else tag
-
-
-def stage_round(stage: str) -> int | None:
-    """0 for "base", r for "round_<r>", None for anything else."""
-    match = _TAG.match(stage)
-    if not match or match["variant"]:
-        return None
-    return int(match["round"]) if match["round"] else 0
 
 
 def _tag_order(tag: str) -> tuple:
@@ -112,7 +103,7 @@ class EvalRun:
         return _estimate(result.get("accuracy"), f"{self.directory / 'metrics.json'}: modes.{mode}.accuracy")
 
     def predictions_path(self, mode: str) -> pathlib.Path:
-        return self.directory / mode / "predictions.jsonl"
+        return self.directory / mode / Prediction.FILE
 
 
 def _estimate(value: Any, where: str) -> metrics.Estimate:
@@ -163,8 +154,7 @@ def _load_eval(directory: pathlib.Path, tag: str, task: str | None) -> EvalRun:
 def load_evals(run_dir: pathlib.Path) -> list[EvalRun]:
     """Every eval/<tag>/<task>/metrics.json (also eval/<tag>/metrics.json, where the task is read from the file)."""
     evals = []
-    eval_dir = run_dir / "eval"
-    for tag_dir in sorted(p for p in eval_dir.glob("*") if p.is_dir()):
+    for tag_dir in sorted(p for p in RunLayout(run_dir).eval_root.glob("*") if p.is_dir()):
         if (tag_dir / "metrics.json").exists():
             evals.append(_load_eval(tag_dir, tag_dir.name, None))
         for task_dir in sorted(p for p in tag_dir.iterdir() if p.is_dir()):
@@ -183,54 +173,41 @@ def read_train_metrics(path: pathlib.Path) -> list[dict]:
     return records
 
 
-def _round_dirs(run_dir: pathlib.Path) -> list[tuple[int, pathlib.Path]]:
-    found = [(int(m[1]), p) for p in run_dir.glob("round_*") if p.is_dir() and (m := _ROUND_DIR.match(p.name))]
-    return sorted(found)
+def _read_stage(layout: RunLayout, round_index: int, task: str, kind: str) -> StageRecord:
+    directory = layout.stage_dir(round_index, task, kind)
+    manifest_path = directory / "manifest.json"
+    return StageRecord(round_index, task, kind, directory,
+                       _read_json_object(manifest_path) if manifest_path.exists() else None)
+
+
+def _read_train(layout: RunLayout, round_index: int) -> TrainRound:
+    train_dir = layout.train_dir(round_index)
+    metrics_path, stats_path = train_dir / "metrics.jsonl", train_dir / "data_stats.json"
+    return TrainRound(round_index, train_dir, read_train_metrics(metrics_path) if metrics_path.exists() else [],
+                      _read_json_object(stats_path) if stats_path.exists() else None,
+                      layout.trained_model(round_index).is_dir())
 
 
 def load_run(run_dir: str | os.PathLike) -> RunData:
-    run_dir = pathlib.Path(run_dir)
-    if not run_dir.is_dir():
-        raise FileNotFoundError(f"Run folder {run_dir} does not exist.")
-    stages, trains = [], []
-    for r, round_dir in _round_dirs(run_dir):
-        for task_dir in sorted(p for p in round_dir.iterdir() if p.is_dir() and p.name != "train"):
-            for kind in STAGE_KINDS:
-                directory = task_dir / kind
-                if directory.is_dir():
-                    manifest_path = directory / "manifest.json"
-                    manifest = _read_json_object(manifest_path) if manifest_path.exists() else None
-                    stages.append(StageRecord(r, task_dir.name, kind, directory, manifest))
-        train_dir = round_dir / "train"
-        if train_dir.is_dir():
-            metrics_path, stats_path = train_dir / "metrics.jsonl", train_dir / "data_stats.json"
-            trains.append(TrainRound(
-                r, train_dir, read_train_metrics(metrics_path) if metrics_path.exists() else [],
-                _read_json_object(stats_path) if stats_path.exists() else None, (train_dir / "hf").is_dir()))
-    summary_path = run_dir / "summary.json"
-    summary = _read_json_object(summary_path) if summary_path.exists() else None
-    return RunData(run_dir, [r for r, _ in _round_dirs(run_dir)], stages, trains, load_evals(run_dir), summary)
+    layout = RunLayout(run_dir)
+    if not layout.root.is_dir():
+        raise FileNotFoundError(f"Run folder {layout.root} does not exist.")
+    rounds = layout.rounds()
+    stages = [_read_stage(layout, r, task, kind) for r in rounds for task in layout.round_tasks(r)
+              for kind in DATA_STAGES if layout.stage_dir(r, task, kind).is_dir()]
+    trains = [_read_train(layout, r) for r in rounds if layout.train_dir(r).is_dir()]
+    summary = _read_json_object(layout.summary) if layout.summary.exists() else None
+    return RunData(layout.root, rounds, stages, trains, load_evals(layout.root), summary)
 
 
 def read_pseudo_label_shares(votes_dir: pathlib.Path) -> list[float]:
     """The vote share (paths agreeing / m) of every pseudo-label of a vote stage."""
-    path = votes_dir / "pseudo_labels.jsonl"
-    shares = []
-    for line_no, record in read_jsonl(path):
-        if not isinstance(record.get("vote_share"), (int, float)):
-            raise ValueError(f"{path}:{line_no}: a pseudo-label without a numeric 'vote_share'.")
-        shares.append(float(record["vote_share"]))
-    return shares
+    return [label.vote_share for label in read_records(PseudoLabel, votes_dir / PseudoLabel.FILE)]
 
 
 def read_correctness(path: pathlib.Path) -> dict[str, bool]:
     """question id -> correct, from a predictions.jsonl."""
-    out = {}
-    for line_no, record in read_jsonl(path):
-        if "id" not in record or "correct" not in record:
-            raise ValueError(f"{path}:{line_no}: a prediction without 'id' or 'correct'.")
-        out[record["id"]] = bool(record["correct"])
-    return out
+    return {p.id: p.correct for p in read_records(Prediction, path)}
 
 
 # --- derived data (pure) ---------------------------------------------------------------------------------------------
@@ -239,7 +216,7 @@ def before_after_tags(evals: Sequence[EvalRun]) -> tuple[str | None, str | None]
     """("base" if evaluated, the highest evaluated "round_<r>"), None where missing."""
     tags = {e.tag for e in evals}
     rounds = [r for tag in tags if tag == tag_stage(tag) and (r := stage_round(tag))]
-    return ("base" if "base" in tags else None), (f"round_{max(rounds)}" if rounds else None)
+    return (BASE_TAG if BASE_TAG in tags else None), (round_tag(max(rounds)) if rounds else None)
 
 
 def tasks_of(evals: Sequence[EvalRun]) -> list[str]:
@@ -296,7 +273,7 @@ def loss_curves(trains: Sequence[TrainRound]) -> dict[int, list[tuple[int, float
 def pseudo_label_share_data(stages: Sequence[StageRecord]) -> dict[str, list[float]]:
     """"round_<r>/<task>" -> vote shares of its pseudo-labels, for every vote stage that wrote them."""
     return {f"round_{s.round}/{s.task}": read_pseudo_label_shares(s.directory) for s in stages
-            if s.kind == "votes" and (s.directory / "pseudo_labels.jsonl").exists()}
+            if s.kind == "votes" and (s.directory / PseudoLabel.FILE).exists()}
 
 
 def paired_changes(evals: Sequence[EvalRun], before: str,
@@ -538,7 +515,7 @@ def save_png(figure: Figure, path: str | os.PathLike) -> pathlib.Path:
 def _results_section(run: RunData) -> list[str]:
     lines = ["## Results (PAPER.md Table 3 layout)", ""]
     if not run.evals:
-        return lines + [f"No evaluation yet: nothing under `{run.run_dir / 'eval'}`.", ""]
+        return lines + [f"No evaluation yet: nothing under `{RunLayout(run.run_dir).eval_root}`.", ""]
     notes = []
     before, after = before_after_tags(run.evals)
     if before is None:
@@ -601,7 +578,7 @@ def _counts_section(run: RunData) -> list[str]:
     lines = ["## Stage counts (from the manifests)", ""]
     if not run.rounds:
         return lines + ["No `round_<r>` folder yet: self-improvement has not started.", ""]
-    for kind in STAGE_KINDS:
+    for kind in DATA_STAGES:
         records = [s for s in run.stages if s.kind == kind]
         lines += [f"### {kind}", ""]
         if not records:
@@ -651,7 +628,7 @@ def render_report(run: RunData, figures: dict[str, str]) -> str:
 def write_report(run_dir: str | os.PathLike, output_dir: str | os.PathLike | None = None) -> pathlib.Path:
     """Writes report.md and its figures (default folder: run_dir/report); returns report.md's path."""
     run = load_run(run_dir)
-    output_dir = pathlib.Path(output_dir) if output_dir is not None else run.run_dir / "report"
+    output_dir = pathlib.Path(output_dir) if output_dir is not None else RunLayout(run.run_dir).report_dir
     builders = {
         "calibration.png": (calibration_data(run.evals), calibration_figure),
         "accuracy_vs_m.png": (accuracy_at_m_data(run.evals), accuracy_at_m_figure),

@@ -25,6 +25,7 @@ from lsi import metrics
 from lsi.batch_decoding import LoadedModel
 from lsi.evaluation import EvalConfig, evaluate, load_predictions
 from lsi.io_utils import write_json_atomic
+from lsi.records import Prediction, PseudoLabel
 from lsi.sampling_methods import SamplingMethod, Temperature, with_temperature
 from lsi.tasks.answers import answers_equal
 from lsi.tasks.base import Example, Task
@@ -80,34 +81,50 @@ def cell_dir(screen_dir: pathlib.Path, task: str, style: str, temperature: float
     return screen_dir / task / style / f"t{temperature:g}"
 
 
-def _right(answer: str | None, record: dict[str, Any], answer_type: str) -> bool:
-    golds = [g for g in (record["gold"], *record["gold_alternatives"]) if g is not None]
-    return any(answers_equal(answer, gold, answer_type) for gold in golds)
+def _right(answer: str | None, record: Prediction, answer_type: str) -> bool:
+    return any(answers_equal(answer, gold, answer_type) for gold in record.golds)
 
 
-def pseudo_label_quality(records: Sequence[dict[str, Any]], answer_type: str, threshold: float) -> dict[str, Any]:
+def pseudo_label_quality(records: Sequence[Prediction], answer_type: str, threshold: float) -> dict[str, Any]:
     """What the vote stage would keep at `threshold`: questions whose vote share reaches it (coverage), how many of
     their votes are right (precision), and how many of their kept paths (those agreeing with the vote) are right."""
-    kept = [r for r in records if r["vote"] is not None and r["vote_share"] >= threshold - 1e-9]
-    right_paths = sum(_right(s["answer"], r, answer_type) for r in kept for s in r["samples"]
-                      if s["answer"] is not None and answers_equal(s["answer"], r["vote"], answer_type))
-    kept_paths = sum(r["vote_count"] for r in kept)
+    kept = [r for r in records if r.vote is not None and r.vote_share >= threshold - 1e-9]
+    right_paths = sum(_right(s.answer, r, answer_type) for r in kept for s in r.samples
+                      if s.answer is not None and answers_equal(s.answer, r.vote, answer_type))
+    kept_paths = sum(r.vote_count for r in kept)
     return {"threshold": threshold, "questions": len(kept), "coverage": len(kept) / len(records) if records else 0.0,
             # None, not NaN, where nothing reaches the threshold: results.json stays strict JSON.
-            "precision": metrics.accuracy([r["correct"] for r in kept]).as_dict() if kept else None,
+            "precision": metrics.accuracy([r.correct for r in kept]).as_dict() if kept else None,
             "kept_paths": kept_paths, "kept_paths_right": right_paths / kept_paths if kept_paths else None}
+
+
+def gold_check(labels: Sequence[PseudoLabel], pool: Sequence[Example], answer_type: str,
+               calibration_bins: int = 5) -> dict[str, Any]:
+    """How many of a vote stage's pseudo-labels, and of the paths it kept, match the pool's hidden gold answers:
+    a diagnostic read after a run (the stages never see the pool's gold), with accuracy by vote share (the
+    calibration of the paper's Figure 2, on the unlabeled pool)."""
+    by_id = {e.id: e for e in pool}
+    right = [any(answers_equal(label.answer, g, answer_type) for g in by_id[label.question_id].golds)
+             for label in labels]
+    kept = sum(len(label.paths) for label in labels)
+    kept_right = sum(len(label.paths) for label, ok in zip(labels, right) if ok)
+    return {"pseudo_labels": len(labels),
+            "label_precision": metrics.accuracy(right).as_dict() if labels else None,
+            "kept_paths": kept, "kept_paths_right": kept_right / kept if kept else None,
+            "calibration": metrics.calibration_bins([label.vote_share for label in labels], right,
+                                                    num_bins=calibration_bins)}
 
 
 def cell_results(directory: pathlib.Path, answer_type: str, config: ScreenConfig) -> dict[str, Any]:
     """One cell's measures, from its predictions (paired by question)."""
     greedy = load_predictions(directory / "cot_greedy" / "predictions.jsonl")
     voted = load_predictions(directory / "self_consistency" / "predictions.jsonl")
-    if [r["id"] for r in greedy] != [r["id"] for r in voted]:
+    if [r.id for r in greedy] != [r.id for r in voted]:
         raise ValueError(f"{directory}: greedy and self-consistency predictions cover different questions.")
-    path_right = [[_right(s["answer"], r, answer_type) for s in r["samples"]] for r in voted]
+    path_right = [[_right(s.answer, r, answer_type) for s in r.samples] for r in voted]
     one_sample = [sum(rights) / len(rights) for rights in path_right]
-    difference = metrics.paired_difference([r["correct"] for r in greedy], [r["correct"] for r in voted])
-    sc_metrics = metrics.accuracy([r["correct"] for r in voted])
+    difference = metrics.paired_difference([r.correct for r in greedy], [r.correct for r in voted])
+    sc_metrics = metrics.accuracy([r.correct for r in voted])
     return {
         "n": len(voted),
         "greedy": difference.before.as_dict(),

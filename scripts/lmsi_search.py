@@ -34,6 +34,8 @@ from typing import Any
 from lsi import metrics
 from lsi.evaluation import load_predictions
 from lsi.io_utils import write_json_atomic
+from lsi.records import Prediction
+from lsi.run_layout import RunLayout
 
 BASE_GIN = "gin_configs/runs/quickstart.gin"
 TASK = "arithmetic"
@@ -50,6 +52,13 @@ RECIPE = ("lsi.FormatStageConfig.formats = 'all'", "lsi.OptimizerConfig.learning
           "lsi.VoteStageConfig.min_vote_share = 0.0")
 DEV_EVAL = ("lsi.EvalConfig.split = 'dev'", "lsi.EvalConfig.modes = ('cot_greedy', 'zero_shot_cot')")
 STEPS_12 = ("lsi.TrainConfig.steps = 12", "lsi.OptimizerConfig.total_steps = 12")
+
+# The best voted arm (zero_shot_share70_adafactor, today's quickstart): the base of the pool-size and rounds arms.
+ADAFACTOR_RECIPE = ("lsi.FormatStageConfig.formats = 'zero_shot'", "lsi.VoteStageConfig.min_vote_share = 0.7",
+                    "lsi.OptimizerConfig.name = 'adafactor'", "lsi.OptimizerConfig.learning_rate = 3e-5")
+# Arms that sample their own pool (its size) or train more than one round; the others share the pool's samples.
+ARM_POOL_SIZE = {"pool480_adafactor": 480}
+ARM_ROUNDS = {"two_rounds_adafactor": 2}
 
 # Each arm: (what it tests, gin bindings on top of the quickstart's). The quickstart itself is "paper".
 ARMS: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -92,6 +101,10 @@ ARMS: dict[str, tuple[str, tuple[str, ...]]] = {
                                 "lsi.TrainConfig.lora = @lsi.LoraConfig()",
                                 "lsi.LoraConfig.targets = ('query', 'key', 'value', 'out', 'gate', 'up', 'down')",
                                 "lsi.OptimizerConfig.learning_rate = 3e-4")),
+    "pool480_adafactor": ("the Adafactor arm on a pool of 480 questions (3x), 36 steps (the same ~1.3 epochs)",
+                          (*ADAFACTOR_RECIPE, "lsi.TrainConfig.steps = 36", "lsi.OptimizerConfig.total_steps = 36")),
+    "two_rounds_adafactor": ("the Adafactor arm, then a second round: round 1's model samples the pool again, "
+                             "votes, and is fine-tuned once more", ADAFACTOR_RECIPE),
     "zero_shot_lr3e_5": ("zero-shot formats, AdamW at 3e-5",
                          ("lsi.FormatStageConfig.formats = 'zero_shot'", "lsi.OptimizerConfig.learning_rate = 3e-5")),
     "zero_shot_lr3e_4": ("zero-shot formats, AdamW at 3e-4",
@@ -128,8 +141,8 @@ SCREEN_GRID = ("lsi.ScreenConfig.dev_size = 100", "lsi.ScreenConfig.num_samples 
 METRICS = {"few_shot_cot_greedy": "cot_greedy", "zero_shot_cot_greedy": "zero_shot_cot"}
 
 
-def task_kwargs(setting: str) -> dict[str, Any]:
-    return {"pool_size": 160, "eval_size": 400, "config": SETTINGS[setting]}
+def task_kwargs(setting: str, pool_size: int = 160) -> dict[str, Any]:
+    return {"pool_size": pool_size, "eval_size": 400, "config": SETTINGS[setting]}
 
 
 def _lsi_main(run_dir: pathlib.Path, kwargs: dict[str, Any], bindings: tuple[str, ...], stages: list[str],
@@ -144,16 +157,17 @@ def _lsi_main(run_dir: pathlib.Path, kwargs: dict[str, Any], bindings: tuple[str
 
 
 def run_lsi(run_dir: pathlib.Path, stages: list[str], bindings: tuple[str, ...], extra: tuple[str, ...] = (),
-            setting: str = "two_digit_add_sub") -> None:
-    _lsi_main(run_dir, task_kwargs(setting), (*RECIPE, *bindings), stages, extra)
+            setting: str = "two_digit_add_sub", pool_size: int = 160) -> None:
+    _lsi_main(run_dir, task_kwargs(setting, pool_size), (*RECIPE, *bindings), stages, extra)
 
 
 def samples_dir(run_dir: pathlib.Path) -> pathlib.Path:
-    return run_dir / "round_1" / TASK / "samples"
+    return RunLayout(run_dir).stage_dir(1, TASK, "samples")
 
 
-def dev_correct(eval_dir: pathlib.Path) -> dict[str, list[bool]]:
-    return {name: [r["correct"] for r in load_predictions(eval_dir / TASK / mode / "predictions.jsonl")]
+def dev_correct(tag_dir: pathlib.Path) -> dict[str, list[bool]]:
+    """eval/<tag>/: each reported metric's per-question correctness on the dev split."""
+    return {name: [r.correct for r in load_predictions(tag_dir / TASK / mode / Prediction.FILE)]
             for name, mode in METRICS.items()}
 
 
@@ -167,22 +181,19 @@ def compare(base: dict[str, list[bool]], arm: dict[str, list[bool]]) -> dict[str
     return rows
 
 
-def vote_summary(run_dir: pathlib.Path, setting: str) -> dict[str, Any]:
-    """The vote's counts and how many kept labels and paths are right (scored against the pool's gold)."""
-    from lsi.self_improve.sampling import read_samples  # noqa: PLC0415
+def vote_summary(run_dir: pathlib.Path, setting: str, pool_size: int = 160) -> dict[str, Any]:
+    """Round 1's vote counts and how many kept labels and paths are right (scored against the pool's gold)."""
+    from lsi.screen import gold_check  # noqa: PLC0415
+    from lsi.self_improve.voting import read_pseudo_labels  # noqa: PLC0415
     from lsi.tasks import get_task  # noqa: PLC0415
-    from lsi.tasks.answers import answers_equal  # noqa: PLC0415
 
-    votes = run_dir / "round_1" / TASK / "votes"
-    counts = json.loads((votes / "manifest.json").read_text())["counts"]
-    gold = {e.id: e.answer for e in get_task(TASK, **task_kwargs(setting)).load_pool()}
-    samples = {(r["question_id"], r["sample_index"]): r["answer"] for r in read_samples(samples_dir(run_dir))}
-    labels = [json.loads(line) for line in (votes / "pseudo_labels.jsonl").open()]
-    right_labels = sum(answers_equal(r["answer"], gold[r["question_id"]], "number") for r in labels)
-    right_paths = sum(answers_equal(samples[(r["question_id"], p["sample_index"])], gold[r["question_id"]], "number")
-                      for r in labels for p in r["paths"])
-    return {**counts, "label_precision": right_labels / len(labels) if labels else None,
-            "kept_paths_right": right_paths / counts["kept_paths"] if counts["kept_paths"] else None}
+    layout = RunLayout(run_dir)
+    counts = json.loads((layout.stage_dir(1, TASK, "votes") / "manifest.json").read_text())["counts"]
+    check = gold_check(read_pseudo_labels(layout.pseudo_labels(1, TASK)),
+                       get_task(TASK, **task_kwargs(setting, pool_size)).load_pool(), "number")
+    precision = check["label_precision"]
+    return {**counts, "label_precision": precision["value"] if precision else None,
+            "kept_paths_right": check["kept_paths_right"]}
 
 
 def run_screen(work_dir: pathlib.Path, setting: str) -> pathlib.Path:
@@ -194,20 +205,9 @@ def run_screen(work_dir: pathlib.Path, setting: str) -> pathlib.Path:
     return run_dir
 
 
-def _no_nan(value: Any) -> Any:
-    """Screens written before lsi.screen recorded an empty threshold's precision as None held NaN there."""
-    if isinstance(value, dict):
-        return {k: _no_nan(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_no_nan(v) for v in value]
-    if isinstance(value, float) and value != value:  # NaN
-        return None
-    return value
-
-
 def record_screen(results: dict[str, Any], setting: str, run_dir: pathlib.Path) -> None:
     results.setdefault("screen", {})[setting] = {
-        "run_dir": str(run_dir), **_no_nan(json.loads((run_dir / "screen" / "results.json").read_text()))}
+        "run_dir": str(run_dir), **json.loads((RunLayout(run_dir).screen_dir / "results.json").read_text())}
 
 
 def _screen_row(label: str, cell: dict[str, Any]) -> str:
@@ -234,21 +234,34 @@ def screen_table(results: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
+def _anti_oracle_cap(work: pathlib.Path) -> int:
+    """As many paths as the method's vote kept (any arm with the default vote)."""
+    manifests = [RunLayout(work / "arms" / arm).stage_dir(1, TASK, "votes") / "manifest.json"
+                 for arm in ("paper", "zero_shot")]
+    return json.loads(next(m for m in manifests if m.exists()).read_text())["counts"]["kept_paths"]
+
+
 def run_arm(work: pathlib.Path, name: str, setting: str) -> dict[str, Any]:
+    """Trains one arm from the shared pool's samples (or its own pool) for its rounds, then evaluates the last
+    round's model on the dev split."""
     description, bindings = ARMS[name]
-    run_dir = work / "arms" / name
-    if not samples_dir(run_dir).exists():
+    run_dir, pool_size, rounds = work / "arms" / name, ARM_POOL_SIZE.get(name, 160), ARM_ROUNDS.get(name, 1)
+    if name in ARM_POOL_SIZE:
+        run_lsi(run_dir, ["sample"], bindings, setting=setting, pool_size=pool_size)
+    elif not samples_dir(run_dir).exists():
         shutil.copytree(samples_dir(work / "pool"), samples_dir(run_dir))
-    if name.startswith("anti_oracle"):  # as many paths as the method's vote kept (any arm with the default vote)
-        voted = next(work / "arms" / arm / "round_1" / TASK / "votes" / "manifest.json" for arm in ("paper", "zero_shot")
-                     if (work / "arms" / arm / "round_1" / TASK / "votes" / "manifest.json").exists())
-        cap = json.loads(voted.read_text())["counts"]["kept_paths"]
-        bindings = (*bindings, f"lsi.VoteStageConfig.max_total_paths = {cap}")
+    if name.startswith("anti_oracle"):
+        bindings = (*bindings, f"lsi.VoteStageConfig.max_total_paths = {_anti_oracle_cap(work)}")
     start = time.perf_counter()
-    run_lsi(run_dir, ["vote", "format", "train"], bindings, setting=setting)
-    run_lsi(run_dir, ["eval"], (*bindings, *DEV_EVAL), ("--eval_model=trained", "--eval_tag=dev"), setting)
-    train = json.loads((run_dir / "round_1" / "train" / "manifest.json").read_text())
-    return {"description": description, "gin": list(bindings), "vote": vote_summary(run_dir, setting),
+    for r in range(1, rounds + 1):
+        run_lsi(run_dir, ["sample", "vote", "format", "train"] if r > 1 else ["vote", "format", "train"], bindings,
+                (f"--round={r}",), setting, pool_size)
+    run_lsi(run_dir, ["eval"], (*bindings, *DEV_EVAL), ("--eval_model=trained", f"--round={rounds}",
+                                                         "--eval_tag=dev"), setting, pool_size)
+    layout = RunLayout(run_dir)
+    train = json.loads((layout.train_dir(rounds) / "manifest.json").read_text())
+    return {"description": description, "gin": list(bindings), "pool_size": pool_size, "rounds": rounds,
+            "vote": vote_summary(run_dir, setting, pool_size),
             "train": {"steps": train["counts"]["steps"], "final_metrics": train.get("final_metrics")},
             "wall_s": time.perf_counter() - start}
 
@@ -292,11 +305,11 @@ def main() -> None:
         run_lsi(work / "pool", ["sample"], (), setting=args.setting)
     if not (args.reuse_base and (work / "base" / "eval" / "dev").exists()):
         run_lsi(work / "base", ["eval"], DEV_EVAL, ("--eval_model=base", "--eval_tag=dev"), args.setting)
-    base = dev_correct(work / "base" / "eval" / "dev")
+    base = dev_correct(RunLayout(work / "base").eval_root / "dev")
     entry["base"] = {name: metrics.accuracy(values).as_dict() for name, values in base.items()}
     for name in [a for a in args.arms.split(",") if a]:
         arm = run_arm(work, name, args.setting)
-        arm["dev"] = compare(base, dev_correct(work / "arms" / name / "eval" / "dev"))
+        arm["dev"] = compare(base, dev_correct(RunLayout(work / "arms" / name).eval_root / "dev"))
         results = json.loads(output.read_text()) if output.exists() else results  # others may have written
         entry = results["settings"].setdefault(args.setting, entry)
         entry["arms"][name] = arm

@@ -19,9 +19,10 @@ from lsi.batch_decoding import LoadedModel
 from lsi.decoding import TransformerLM
 from lsi.evaluation import EvalConfig, evaluate, load_predictions
 from lsi.io_utils import write_json_atomic
+from lsi.records import Prediction
+from lsi.sampling_methods import Temperature
 from lsi.tasks import get_task
 from lsi.tasks.answers import answers_equal
-from lsi.sampling_methods import Temperature
 from lsi.tasks.prompt_style import Prompter
 
 MODEL = "smollm2-135m-instruct"
@@ -32,20 +33,18 @@ STYLES = ("plain", "chat")
 
 def correctness(run_dir: pathlib.Path, answer_type: str) -> dict[str, list[bool]]:
     """Per-question correctness of each reported metric, in question order."""
-    greedy = load_predictions(run_dir / "cot_greedy" / "predictions.jsonl")
-    sc = load_predictions(run_dir / "self_consistency" / "predictions.jsonl")
-    zero = load_predictions(run_dir / "zero_shot_cot" / "predictions.jsonl")
+    greedy, sc, zero = (load_predictions(run_dir / mode / Prediction.FILE)
+                        for mode in ("cot_greedy", "self_consistency", "zero_shot_cot"))
 
-    def right(answer: str | None, record: dict) -> bool:
-        golds = [g for g in (record["gold"], *record["gold_alternatives"]) if g is not None]
-        return any(answers_equal(answer, g, answer_type) for g in golds)
+    def right(answer: str | None, record: Prediction) -> bool:
+        return any(answers_equal(answer, g, answer_type) for g in record.golds)
 
     return {
-        "few_shot_cot_greedy": [r["correct"] for r in greedy],
-        "zero_shot_cot_greedy": [r["correct"] for r in zero],
-        "one_sample": [right(r["samples"][0]["answer"], r) for r in sc],
-        "self_consistency": [r["correct"] for r in sc],
-        "mean_over_paths": [sum(right(s["answer"], r) for s in r["samples"]) / len(r["samples"]) for r in sc],
+        "few_shot_cot_greedy": [r.correct for r in greedy],
+        "zero_shot_cot_greedy": [r.correct for r in zero],
+        "one_sample": [right(r.samples[0].answer, r) for r in sc],
+        "self_consistency": [r.correct for r in sc],
+        "mean_over_paths": [sum(right(s.answer, r) for s in r.samples) / len(r.samples) for r in sc],
     }
 
 
@@ -53,8 +52,7 @@ def truncated_fractions(run_dir: pathlib.Path) -> dict[str, float]:
     """Per mode, the share of paths that stopped at max_new_tokens."""
     fractions = {}
     for mode in ("cot_greedy", "self_consistency", "zero_shot_cot"):
-        reasons = [s["finish_reason"] for r in load_predictions(run_dir / mode / "predictions.jsonl")
-                   for s in r["samples"]]
+        reasons = [s.finish_reason for r in load_predictions(run_dir / mode / Prediction.FILE) for s in r.samples]
         fractions[mode] = reasons.count("max_length") / len(reasons)
     return fractions
 

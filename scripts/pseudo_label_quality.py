@@ -17,6 +17,8 @@ if __package__ in (None, ""):
 
 from lsi import metrics  # noqa: E402
 from lsi.io_utils import write_json_atomic  # noqa: E402
+from lsi.run_layout import RunLayout  # noqa: E402
+from lsi.screen import gold_check  # noqa: E402
 from lsi.self_improve.sampling import read_samples  # noqa: E402
 from lsi.self_improve.voting import read_pseudo_labels  # noqa: E402
 from lsi.tasks import get_task  # noqa: E402
@@ -26,29 +28,20 @@ from lsi.tasks.answers import answers_equal  # noqa: E402
 def pseudo_label_quality(run_dir: pathlib.Path, task_name: str, task_kwargs: dict, round_index: int = 1,
                          num_bins: int = 5) -> dict:
     task = get_task(task_name, **task_kwargs)
-    stage = run_dir / f"round_{round_index}" / task.name
-    gold = {q.id: q for q in task.load_pool()}
-    labels = read_pseudo_labels(stage / "votes" / "pseudo_labels.jsonl")
-    correct, shares, kept_correct, kept = [], [], 0, 0
-    for label in labels:
-        question = gold[label["question_id"]]
-        ok = any(answers_equal(label["answer"], g, task.answer_type)
-                 for g in (question.answer, *question.alternatives) if g is not None)
-        correct.append(ok)
-        shares.append(label["vote_share"])
-        kept += len(label["paths"])
-        kept_correct += ok * len(label["paths"])
-    samples = read_samples(stage / "samples")
-    single = [any(answers_equal(s["answer"], g, task.answer_type)
-                  for g in (gold[s["question_id"]].answer, *gold[s["question_id"]].alternatives) if g is not None)
-              for s in samples]
+    layout = RunLayout(run_dir)
+    pool = task.load_pool()
+    check = gold_check(read_pseudo_labels(layout.pseudo_labels(round_index, task.name)), pool, task.answer_type,
+                       calibration_bins=num_bins)
+    gold = {q.id: q for q in pool}
+    single = [any(answers_equal(s.answer, g, task.answer_type) for g in gold[s.question_id].golds)
+              for s in read_samples(layout.stage_dir(round_index, task.name, "samples"))]
     return {
         "run_dir": str(run_dir), "task": task.name, "round": round_index,
-        "pseudo_label_accuracy": metrics.accuracy(correct).as_dict(),
+        "pseudo_label_accuracy": check["label_precision"],
         "single_sample_accuracy": metrics.accuracy(single).as_dict(),
-        "kept_path_accuracy": kept_correct / kept if kept else None,
-        "kept_paths": kept,
-        "calibration": metrics.calibration_bins(shares, correct, num_bins=num_bins),
+        "kept_path_accuracy": check["kept_paths_right"],
+        "kept_paths": check["kept_paths"],
+        "calibration": check["calibration"],
     }
 
 
@@ -61,7 +54,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--output", type=pathlib.Path, default=None)
     args = parser.parse_args(argv)
     result = pseudo_label_quality(args.run_dir, args.task, args.task_kwargs, args.round)
-    output = args.output or args.run_dir / f"round_{args.round}" / result["task"] / "votes" / "gold_check.json"
+    votes = RunLayout(args.run_dir).stage_dir(args.round, result["task"], "votes")
+    output = args.output or votes / "gold_check.json"
     write_json_atomic(output, result)
     acc = result["pseudo_label_accuracy"]
     print(f"pseudo-label accuracy {100 * acc['value']:.1f}% [{100 * acc['ci_low']:.1f}, {100 * acc['ci_high']:.1f}] "

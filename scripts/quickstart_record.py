@@ -19,42 +19,41 @@ from typing import Any
 from lsi import metrics
 from lsi.evaluation import load_predictions
 from lsi.io_utils import write_json_atomic
-from lsi.tasks.answers import answers_equal
+from lsi.run_layout import RunLayout, round_tag
+from lsi.screen import gold_check
+from lsi.self_improve.voting import read_pseudo_labels
 
 KEYS = {"greedy": "cot_greedy", "sc": "self_consistency", "zero_shot": "zero_shot_cot"}
 
 
-def correctness(run_dir: pathlib.Path, tag: str, task: str, mode: str) -> dict[str, bool]:
-    return {r["id"]: r["correct"] for r in load_predictions(run_dir / "eval" / tag / task / mode / "predictions.jsonl")}
+def correctness(layout: RunLayout, tag: str, task: str, mode: str) -> dict[str, bool]:
+    return {r.id: r.correct for r in load_predictions(layout.predictions(tag, task, mode))}
 
 
-def paired(run_dir: pathlib.Path, task: str, mode: str) -> metrics.PairedDifference:
-    before, after = correctness(run_dir, "base", task, mode), correctness(run_dir, "round_1", task, mode)
+def paired(layout: RunLayout, task: str, mode: str) -> metrics.PairedDifference:
+    before, after = correctness(layout, round_tag(0), task, mode), correctness(layout, round_tag(1), task, mode)
     if list(before) != list(after):
-        raise ValueError(f"{run_dir}: base and round_1 {mode} predictions cover different questions.")
+        raise ValueError(f"{layout.root}: base and round_1 {mode} predictions cover different questions.")
     return metrics.paired_difference(list(before.values()), list(after.values()))
 
 
-def label_precision(run_dir: pathlib.Path, task: Any) -> dict[str, Any]:
+def label_precision(layout: RunLayout, task: Any) -> dict[str, Any]:
     """How many pseudo-labels and kept paths match the pool's hidden gold (read only after the run, for the record)."""
-    gold = {e.id: e.answer for e in task.load_pool()}
-    labels = [json.loads(line) for line in (run_dir / "round_1" / task.name / "votes" / "pseudo_labels.jsonl").open()]
-    right = [answers_equal(r["answer"], gold[r["question_id"]], task.answer_type) for r in labels]
-    return {"labels": metrics.accuracy(right).as_dict(),
-            "kept_paths_right": sum(len(r["paths"]) for r, ok in zip(labels, right) if ok)
-            / max(1, sum(len(r["paths"]) for r in labels))}
+    check = gold_check(read_pseudo_labels(layout.pseudo_labels(1, task.name)), task.load_pool(), task.answer_type)
+    return {"labels": check["label_precision"], "kept_paths_right": check["kept_paths_right"]}
 
 
 def record(run_dir: pathlib.Path, wall_s: float, command: str) -> dict[str, Any]:
     from lsi.main import Experiment, parse_gin  # noqa: PLC0415
 
-    parse_gin([str(run_dir / "config.gin")], [])
+    layout = RunLayout(run_dir)
+    parse_gin([str(layout.config_gin)], [])
     experiment = Experiment()
     task = experiment.task_obj()
     result: dict[str, Any] = {"command": command, "wall_s": wall_s, "run_dir": str(run_dir), "task": task.name,
                               "task_kwargs": experiment.task_kwargs, "paired": {}}
     for key, mode in KEYS.items():
-        difference = paired(run_dir, task.name, mode)
+        difference = paired(layout, task.name, mode)
         result[f"{key}_before"], result[f"{key}_after"] = difference.before.value, difference.after.value
         result["n"] = difference.n
         result["paired"][mode] = {"difference": difference.difference, "ci_low": difference.ci_low,
@@ -63,10 +62,10 @@ def record(run_dir: pathlib.Path, wall_s: float, command: str) -> dict[str, Any]
                                   "before": difference.before.as_dict(), "after": difference.after.as_dict()}
     result["mcnemar_p_greedy"] = result["paired"]["cot_greedy"]["mcnemar_p"]
     result["mcnemar_p_zero_shot"] = result["paired"]["zero_shot_cot"]["mcnemar_p"]
-    summary = json.loads((run_dir / "summary.json").read_text())
+    summary = json.loads(layout.summary.read_text())
     result["vote"] = summary["rounds"]["1"]["vote"]
     result["train"] = summary["rounds"]["1"]["train"]
-    result["pseudo_label_precision"] = label_precision(run_dir, task)
+    result["pseudo_label_precision"] = label_precision(layout, task)
     return result
 
 

@@ -36,12 +36,12 @@ def test_all_modes_write_predictions_and_metrics(setup, tmp_path):
     assert on_disk["modes"].keys() == {"standard", "cot_greedy", "self_consistency"}
     for mode in ("standard", "cot_greedy", "self_consistency"):
         records = load_predictions(tmp_path / mode / "predictions.jsonl")
-        assert [r["id"] for r in records] == [e.id for e in EXAMPLES]
+        assert [r.id for r in records] == [e.id for e in EXAMPLES]
         expected_samples = 4 if mode == "self_consistency" else 1
-        assert all(len(r["samples"]) == expected_samples for r in records)
+        assert all(len(r.samples) == expected_samples for r in records)
         accuracy = result["modes"][mode]["accuracy"]
-        assert accuracy["n"] == 5 and accuracy["k"] == sum(r["correct"] for r in records)
-        assert all(r["gold"] == e.answer for r, e in zip(records, EXAMPLES))
+        assert accuracy["n"] == 5 and accuracy["k"] == sum(r.correct for r in records)
+        assert all(r.gold == e.answer for r, e in zip(records, EXAMPLES))
     sc = result["modes"]["self_consistency"]
     assert sc["accuracy_at_m"]["4"]["accuracy"] == sc["accuracy"]["value"]
     assert sum(b["count"] for b in sc["calibration"]) == 5
@@ -64,9 +64,8 @@ def test_greedy_sampled_with_self_consistency_equals_separate_runs(setup, tmp_pa
         assert "sampled_with" not in alone["modes"][mode]
         shared = load_predictions(tmp_path / "together" / mode / "predictions.jsonl")
         separate = load_predictions(tmp_path / mode / mode / "predictions.jsonl")
-        assert [[s["text"] for s in r["samples"]] for r in shared] == [[s["text"] for s in r["samples"]]
-                                                                       for r in separate]
-        assert [r["vote"] for r in shared] == [r["vote"] for r in separate]
+        assert [[s.text for s in r.samples] for r in shared] == [[s.text for s in r.samples] for r in separate]
+        assert [r.vote for r in shared] == [r.vote for r in separate]
         assert together["modes"][mode]["accuracy"] == alone["modes"][mode]["accuracy"]
 
 def test_subset_accuracy_uses_votes_of_subsets():
@@ -80,7 +79,7 @@ def test_subset_accuracy_uses_votes_of_subsets():
 
 def test_malformed_predictions_line_names_file_and_line(tmp_path):
     path = tmp_path / "predictions.jsonl"
-    path.write_text('{"id": "a"}\n{not json\n')
+    path.write_text('\n{not json\n')
     with pytest.raises(ValueError, match=r"predictions.jsonl:2: malformed JSON"):
         load_predictions(path)
 

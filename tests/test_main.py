@@ -154,7 +154,7 @@ def test_stages_run_in_order_through_the_entry_point(style, tiny_checkpoint, tmp
     assert trained["steps"] == 2 and (tmp_path / "round_1" / "train" / "hf" / "config.json").exists()
     assert formats["counts"]["examples"] == 4 * formats["counts"]["kept_paths"]
     assert formats["config"]["prompt_style"] == style
-    assert json.loads((tmp_path / "round_1" / "train" / "manifest.json").read_text())["prompt_style"] == style
+    assert json.loads((tmp_path / "round_1" / "train" / "manifest.json").read_text())["config"]["prompt_style"] == style
     assert json.loads((round_dir / "votes" / "manifest.json").read_text())["config"]["prompt_style"] == style
     after = run_stage(experiment, "eval", eval_model="trained")["arithmetic"]
     assert after["modes"]["cot_greedy"]["accuracy"]["n"] == 3 and after["prompt_style"] == style

@@ -10,6 +10,7 @@ from helpers.scripted_lm import ScriptedLM
 from lsi.batch_decoding import LoadedModel
 from lsi.lineage import LineageError
 from lsi.main import Experiment, parse_gin, run_stage
+from lsi.records import Prediction, PredictionSample, read_records
 from lsi.screen import ScreenConfig, pseudo_label_quality
 from lsi.vocab import load_vocabulary
 
@@ -52,8 +53,8 @@ def test_screen_writes_every_cell_from_the_dev_split_only_and_resumes(tmp_path, 
     for (style, temperature), cell in cells.items():
         assert cell["n"] == 6 and cell["task"] == "arithmetic"
         directory = tmp_path / "screen" / "arithmetic" / style / f"t{temperature:g}"
-        predictions = [json.loads(line) for line in (directory / "self_consistency" / "predictions.jsonl").open()]
-        assert [p["id"] for p in predictions] == [e.id for e in dev]
+        predictions = read_records(Prediction, directory / "self_consistency" / Prediction.FILE)
+        assert [p.id for p in predictions] == [e.id for e in dev]
         assert json.loads((directory / "metrics.json").read_text())["prompt_style"] == style
         # The scripted model says 7 (greedy always; sampled paths now and then garbled): right where the gold is 7.
         assert cell["greedy"]["k"] == cell["self_consistency"]["k"] == 3 and cell["sc_minus_greedy"]["p_value"] == 1
@@ -80,8 +81,10 @@ def test_screen_writes_every_cell_from_the_dev_split_only_and_resumes(tmp_path, 
 def test_pseudo_label_quality_counts_kept_questions_and_paths():
     def record(answers, vote, gold):
         share = answers.count(vote) / len(answers)
-        return {"samples": [{"answer": a} for a in answers], "vote": vote, "vote_count": answers.count(vote),
-                "vote_share": share, "gold": gold, "gold_alternatives": [], "correct": vote == gold}
+        samples = tuple(PredictionSample(f"... {a}", a, "stop", 3, -1.0) for a in answers)
+        return Prediction(id="q", prompt_hash="h", samples=samples, vote=vote, vote_count=answers.count(vote),
+                          vote_share=share, vote_share_of_parsed=share, tie=False, gold=gold, gold_alternatives=(),
+                          correct=vote == gold)
 
     records = [record(["5", "5", "5", "6"], "5", "5"), record(["1", "2", "2", None], "2", "1"),
                record([None, None, None, None], None, "3")]

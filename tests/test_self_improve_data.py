@@ -60,12 +60,12 @@ def voted(tmp_path):
 
 def test_vote_stage_keeps_agreeing_paths_and_counts(voted):
     tmp_path, manifest = voted
-    labels = {r["question_id"]: r for r in read_pseudo_labels(tmp_path / "votes" / "pseudo_labels.jsonl")}
+    labels = {r.question_id: r for r in read_pseudo_labels(tmp_path / "votes" / "pseudo_labels.jsonl")}
     assert set(labels) == {"p0", "p2"}
-    assert labels["p0"]["answer"] == "0" and [p["sample_index"] for p in labels["p0"]["paths"]] == [0, 1, 3]
-    assert labels["p0"]["vote_share"] == 0.75 and labels["p0"]["vote_share_of_parsed"] == 0.75
-    assert labels["p2"]["answer"] == "6" and labels["p2"]["tie"]
-    assert labels["p0"]["question"] == "What is 0 + 0?"
+    assert labels["p0"].answer == "0" and [p.sample_index for p in labels["p0"].paths] == [0, 1, 3]
+    assert labels["p0"].vote_share == 0.75 and labels["p0"].vote_share_of_parsed == 0.75
+    assert labels["p2"].answer == "6" and labels["p2"].tie
+    assert labels["p0"].question == "What is 0 + 0?"
     counts = manifest["counts"]
     assert counts["questions"] == 3 and counts["no_parseable_answer"] == 1 and counts["tie"] == 1
     assert counts["kept_paths"] == 4 and counts["pseudo_labels"] == 2
@@ -86,7 +86,7 @@ def test_vote_options_threshold_dedupe_and_cap(tmp_path):
 
 
 def _kept(directory):
-    return {r["question_id"]: (r["answer"], [p["sample_index"] for p in r["paths"]])
+    return {r.question_id: (r.answer, [p.sample_index for p in r.paths])
             for r in read_pseudo_labels(directory / "pseudo_labels.jsonl")}
 
 
@@ -139,11 +139,11 @@ def test_pseudo_label_without_a_field_names_file_line_and_field(voted):
     del labels[1]["paths"]
     broken = tmp_path / "broken.jsonl"
     broken.write_text("".join(json.dumps(r) + "\n" for r in labels))
-    with pytest.raises(ValueError, match=r"broken\.jsonl:2: pseudo-label without field\(s\) paths"):
+    with pytest.raises(ValueError, match=r"broken\.jsonl:2: PseudoLabel without field\(s\) paths"):
         read_pseudo_labels(broken)
     labels[1]["paths"] = [{"sample_index": 0}]
     broken.write_text("".join(json.dumps(r) + "\n" for r in labels))
-    with pytest.raises(ValueError, match=r"broken\.jsonl:2: paths\[0\] without field\(s\) text"):
+    with pytest.raises(ValueError, match=r"broken\.jsonl:2: paths\[0\]: KeptPath without field\(s\) text"):
         run_format_stage(toy_task(num_pool=3), broken, tmp_path / "formats")
 
 
@@ -207,7 +207,7 @@ def test_vote_share_weights_reach_the_training_examples(voted):
     tmp_path, _ = voted
     task, vocab = toy_task(num_pool=3), load_vocabulary("smollm2-135m-instruct")
     labels = tmp_path / "votes" / "pseudo_labels.jsonl"
-    shares = {r["question_id"]: r["vote_share"] for r in read_pseudo_labels(labels)}
+    shares = {r.question_id: r.vote_share for r in read_pseudo_labels(labels)}
     weighted = run_format_stage(task, labels, tmp_path / "weighted", FormatStageConfig(num_shards=1,
                                                                                        example_weight="vote_share"))
     uniform = run_format_stage(task, labels, tmp_path / "uniform", FormatStageConfig(num_shards=1))

@@ -16,10 +16,10 @@ import jax.numpy as jnp
 class RopeScaling:
     """Llama 3.x frequency-dependent RoPE scaling (HF `rope_type: llama3`)."""
 
-    factor: float = 8.0
-    low_freq_factor: float = 1.0
-    high_freq_factor: float = 4.0
-    original_max_position_embeddings: int = 8192
+    factor: float = 8.0  # low frequencies are divided by this
+    low_freq_factor: float = 1.0  # wavelengths beyond original / low_freq_factor are scaled fully
+    high_freq_factor: float = 4.0  # wavelengths below original / high_freq_factor are kept; between, interpolated
+    original_max_position_embeddings: int = 8192  # the pretraining context
 
 
 @dataclasses.dataclass(frozen=True)

@@ -16,8 +16,14 @@ import pathlib
 import time
 from typing import Any, Iterator, Sequence
 
-from lsi.io_utils import write_json_atomic
-from lsi.self_improve.manifest import environment, file_sha256
+from lsi.records import PseudoLabel
+from lsi.self_improve.manifest import (
+    MANIFEST_FILE,
+    file_output,
+    file_sha256,
+    stage_manifest,
+    write_manifest,
+)
 from lsi.self_improve.voting import read_pseudo_labels
 from lsi.tasks.base import Example, Task
 from lsi.tasks.prompt_style import PLAIN, Prompter
@@ -61,23 +67,22 @@ class FormatStageConfig:
         return tuple(PromptFormat(f) for f in self.formats)
 
 
-def training_examples(task: Task, pseudo_labels: Sequence[dict[str, Any]], formats: Sequence[PromptFormat],
+def training_examples(task: Task, pseudo_labels: Sequence[PseudoLabel], formats: Sequence[PromptFormat],
                       prompter: Prompter = Prompter(), example_weight: str = "uniform") -> Iterator[dict[str, Any]]:
     """(inputs, targets) text pairs: for each question, each kept path, each format (paper order), written in the
     prompter's style; "weight" is the example's loss weight (None for 'uniform': no weight is written)."""
     for label in pseudo_labels:
-        weight = float(label["vote_share"]) if example_weight == "vote_share" else None
-        example = Example(label["question_id"], label["question"])
-        exemplars = task.exemplars_for(example)
-        prompts = {fmt: prompter.prompt(fmt, label["question"], exemplars) for fmt in formats}
-        for path in label["paths"]:
+        weight = float(label.vote_share) if example_weight == "vote_share" else None
+        exemplars = task.exemplars_for(Example(label.question_id, label.question))
+        prompts = {fmt: prompter.prompt(fmt, label.question, exemplars) for fmt in formats}
+        for path in label.paths:
             for fmt in formats:
                 yield {
                     "inputs": prompts[fmt],
-                    "targets": prompter.target(fmt, path["text"], label["answer"], task.answer_type),
-                    "question_id": label["question_id"],
+                    "targets": prompter.target(fmt, path.text, label.answer, task.answer_type),
+                    "question_id": label.question_id,
                     "format": fmt.value,
-                    "sample_index": int(path["sample_index"]),
+                    "sample_index": path.sample_index,
                     "weight": weight,
                 }
 
@@ -137,22 +142,18 @@ def run_format_stage(task: Task, pseudo_labels_path: str | os.PathLike, output_d
     for index, serialized in enumerate(shards):
         path = output_dir / SHARD_PATTERN.format(index=index, count=config.num_shards)
         _write_tfrecord_atomic(path, serialized)
-        outputs[path.name] = {"sha256": file_sha256(path), "examples": len(serialized)}
+        outputs[path.name] = file_output(path, examples=len(serialized))
     # The new set is complete before the old one goes, and the manifest, written last, names exactly what is left.
     _remove_stale_shards(output_dir, set(outputs))
-    manifest = {
-        "stage": "format",
-        "config": {"formats": [f.value for f in formats], "num_shards": config.num_shards,
-                   "example_weight": config.example_weight, "task": task.name,
-                   "answer_type": task.answer_type, **prompter.describe()},
-        "inputs": {"pseudo_labels": str(pseudo_labels_path), "sha256": file_sha256(pseudo_labels_path)},
-        "outputs": outputs,
-        "counts": {"questions": len(labels), "kept_paths": sum(len(r["paths"]) for r in labels),
-                   "examples": count, "examples_per_format": per_format},
-        "last_run": {"seconds": time.perf_counter() - start, "environment": environment()},
-    }
-    write_json_atomic(output_dir / "manifest.json", manifest)
-    return manifest
+    return write_manifest(output_dir, stage_manifest(
+        "format", {"formats": [f.value for f in formats], "num_shards": config.num_shards,
+                   "example_weight": config.example_weight, "task": task.name, "answer_type": task.answer_type,
+                   **prompter.describe()},
+        inputs={"pseudo_labels": str(pseudo_labels_path), "sha256": file_sha256(pseudo_labels_path)},
+        outputs=outputs,
+        counts={"questions": len(labels), "kept_paths": sum(len(r.paths) for r in labels), "examples": count,
+                "examples_per_format": per_format},
+        seconds=time.perf_counter() - start))
 
 
 def register_formatted_task(name: str, output_dir: str | os.PathLike, vocabulary: Any,
@@ -174,7 +175,7 @@ def register_formatted_task(name: str, output_dir: str | os.PathLike, vocabulary
     if not shards:
         raise FileNotFoundError(f"{output_dir} has no examples-*.tfrecord shards: run the format stage first.")
     if prompt_style is None:
-        manifest_path = output_dir / "manifest.json"
+        manifest_path = output_dir / MANIFEST_FILE
         if not manifest_path.exists():
             raise FileNotFoundError(f"{manifest_path} does not exist, so the prompt style of the examples is unknown: "
                                     "run the format stage, or pass prompt_style.")
@@ -205,7 +206,7 @@ def register_mixture(name: str, tasks: dict[str, str | os.PathLike], rates: dict
     import seqio  # noqa: PLC0415
 
     if rates is None:
-        rates = {task: float(json.loads((pathlib.Path(d) / "manifest.json").read_text())["counts"]["examples"])
+        rates = {task: float(json.loads((pathlib.Path(d) / MANIFEST_FILE).read_text())["counts"]["examples"])
                  for task, d in tasks.items()}
     if name in seqio.MixtureRegistry.names():
         seqio.MixtureRegistry.remove(name)

@@ -1,4 +1,8 @@
-"""What every stage's manifest.json records besides its counts: file hashes and the software that ran."""
+"""Every stage's manifest.json, built and written here: what the stage ran with (config, inputs), what it wrote
+(outputs with their hashes, counts), and what this invocation did (last_run: its own figures, the seconds it took
+and the software and devices it ran on). `lsi.stage_lineage.seal` adds the lineage and code version when the stage
+completes.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +10,12 @@ import datetime
 import hashlib
 import importlib.metadata
 import os
+import pathlib
 import platform
 import sys
 from typing import Any
+
+from lsi.io_utils import write_json_atomic
 
 PACKAGES = ("lsi", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "seqio", "tensorflow", "numpy", "tokenizers")
 
@@ -42,3 +49,26 @@ def environment() -> dict[str, Any]:
         "process_count": jax.process_count(),
         "packages": package_versions(),
     }
+
+
+MANIFEST_FILE = "manifest.json"
+
+
+def stage_manifest(stage: str, config: Any, counts: dict[str, Any], *, inputs: dict[str, Any] | None = None,
+                   outputs: dict[str, Any] | None = None, seconds: float | None = None,
+                   last_run: dict[str, Any] | None = None, **details: Any) -> dict[str, Any]:
+    """A stage's manifest: its keys in one order for every stage. `details` are stage-specific records (the train
+    stage's final metrics); `last_run` holds what differs between a resumed and an uninterrupted run."""
+    return {"stage": stage, "config": config, "inputs": inputs or {}, "outputs": outputs or {}, "counts": counts,
+            **details, "last_run": {**(last_run or {}), "seconds": seconds, "environment": environment()}}
+
+
+def file_output(path: pathlib.Path, **counts: int) -> dict[str, Any]:
+    """A written file's manifest entry: its hash and what it holds ({"sha256": ..., "records": 12})."""
+    return {"sha256": file_sha256(path), **counts}
+
+
+def write_manifest(directory: str | os.PathLike, manifest: dict[str, Any]) -> dict[str, Any]:
+    """Writes `directory`/manifest.json atomically (the stage's last write: it names exactly what is there)."""
+    write_json_atomic(pathlib.Path(directory) / MANIFEST_FILE, manifest)
+    return manifest

@@ -23,7 +23,7 @@ from typing import Any, Sequence
 from lsi.batch_decoding import BatchSampler, LoadedModel, SampleRequest
 from lsi.io_utils import read_jsonl, write_json_atomic, write_jsonl_atomic
 from lsi.sampling_methods import Greedy, SamplingMethod, Temperature
-from lsi.self_improve.manifest import environment
+from lsi.self_improve.manifest import file_output, stage_manifest, write_manifest
 from lsi.self_improve.sampling import load_pool
 from lsi.self_improve.voting import vote_answers
 from lsi.tasks.answers import display_answer, parse_answer
@@ -127,23 +127,21 @@ def generate_questions(task: Task, model: LoadedModel, config: QuestionGenConfig
     counts["kept"] = len(kept)
     path = write_jsonl_atomic(output_dir / "generated_pool.jsonl",
                               [{"id": r["id"], "question": r["question"]} for r in kept])
-    manifest = {"stage": "generate_questions", "config": dataclasses.asdict(config), **prompter.describe(),
-                "task": task.name,
-                "seed_questions": seeds, "counts": counts, "outputs": {path.name: len(kept)},
-                "last_run": {"seconds": time.perf_counter() - start, "environment": environment()}}
-    write_json_atomic(output_dir / "manifest.json", manifest)
-    return manifest
+    return write_manifest(output_dir, stage_manifest(
+        "generate_questions", {**dataclasses.asdict(config), **prompter.describe()},
+        inputs={"task": task.name, "seed_questions": seeds}, outputs={path.name: file_output(path, records=len(kept))},
+        counts=counts, seconds=time.perf_counter() - start))
 
 
 @dataclasses.dataclass(frozen=True)
 class PromptGenConfig:
     """The paper's zero-shot setting: 20 generated templates of 4 exemplars each, from greedy Step-by-Step."""
 
-    templates: int = 20
-    shots: int = 4
-    max_new_tokens: int = 256
+    templates: int = 20  # exemplar sets; each question is prompted with one, by a hash of its id
+    shots: int = 4  # exemplars per set
+    max_new_tokens: int = 256  # of each greedy zero-shot rationale
     batch_size: int = 8
-    seed: int = 0
+    seed: int = 0  # which pool questions are asked, in which order
 
 
 def split_rationale(text: str) -> str:
@@ -160,6 +158,7 @@ def generate_exemplars(task: Task, model: LoadedModel, config: PromptGenConfig, 
 
     Questions whose rationale yields no parseable answer or no reasoning are skipped; the manifest counts them.
     """
+    start = time.perf_counter()
     output_dir = pathlib.Path(output_dir)
     prompter = prompter or Prompter.for_vocabulary(model.vocab)
     needed = config.templates * config.shots
@@ -197,10 +196,11 @@ def generate_exemplars(task: Task, model: LoadedModel, config: PromptGenConfig, 
                   "answer_type": task.answer_type,
                   "exemplars": [dataclasses.asdict(e) for e in chosen]}
         paths.append(write_json_atomic(output_dir / f"generated_{t:02d}.json", record))
-    write_json_atomic(output_dir / "manifest.json", {
-        "stage": "generate_exemplars", "config": dataclasses.asdict(config), **prompter.describe(), "task": task.name,
-        "counts": {"questions_tried": len(requests), "skipped": skipped, "usable": len(exemplars),
-                   "templates": config.templates}, "environment": environment()})
+    write_manifest(output_dir, stage_manifest(
+        "generate_exemplars", {**dataclasses.asdict(config), **prompter.describe()}, inputs={"task": task.name},
+        outputs={p.name: file_output(p, exemplars=config.shots) for p in paths},
+        counts={"questions_tried": len(requests), "skipped": skipped, "usable": len(exemplars),
+                "templates": config.templates}, seconds=time.perf_counter() - start))
     return paths
 
 

@@ -22,9 +22,10 @@ import time
 from typing import Any, Callable, Sequence
 
 from lsi.batch_decoding import BatchSampler, LoadedModel, SampleRequest
-from lsi.io_utils import read_jsonl, write_json_atomic, write_text_atomic
+from lsi.io_utils import write_json_atomic, write_text_atomic
+from lsi.records import SampleRecord, read_records
 from lsi.sampling_methods import SamplingMethod, Temperature
-from lsi.self_improve.manifest import environment, file_sha256
+from lsi.self_improve.manifest import file_output, stage_manifest, write_manifest
 from lsi.tasks.answers import parse_answer
 from lsi.tasks.base import Example, Task, check_unique_ids
 from lsi.tasks.prompt_style import Prompter
@@ -33,8 +34,6 @@ from lsi.tasks.prompting import PromptFormat
 log = logging.getLogger(__name__)
 
 SHARD_PATTERN = "samples-{index:05d}-of-{count:05d}.jsonl"
-SAMPLE_FIELDS = ("question_id", "prompt_format", "exemplar_set", "sample_index", "text", "answer", "finish_reason",
-                 "num_tokens", "sum_log_prob")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,20 +79,14 @@ def pool_fingerprint(questions: Sequence[Example]) -> str:
     return digest.hexdigest()
 
 
-def read_shard(path: pathlib.Path) -> list[dict[str, Any]]:
+def read_shard(path: pathlib.Path) -> list[SampleRecord]:
     """All sample records of a shard; a truncated last line (a crash mid-write), a malformed line or a missing field
     is an error naming the file and line."""
     data = path.read_bytes()
     if data and not data.endswith(b"\n"):
         last_line = data.count(b"\n") + 1
         raise ValueError(f"{path}:{last_line}: truncated last line (the shard was cut off mid-write).")
-    records = []
-    for number, record in read_jsonl(path):
-        missing = [k for k in SAMPLE_FIELDS if k not in record]
-        if missing:
-            raise ValueError(f"{path}:{number}: missing field(s) {', '.join(missing)}.")
-        records.append(record)
-    return records
+    return read_records(SampleRecord, path)
 
 
 def _shard_is_complete(path: pathlib.Path, questions: Sequence[Example], num_samples: int) -> bool:
@@ -104,7 +97,7 @@ def _shard_is_complete(path: pathlib.Path, questions: Sequence[Example], num_sam
     try:
         records = read_shard(path)
         expected = [(q.id, j) for q in questions for j in range(num_samples)]
-        if [(r["question_id"], r["sample_index"]) for r in records] != expected:
+        if [(r.question_id, r.sample_index) for r in records] != expected:
             raise ValueError(f"{path}: holds {len(records)} records that do not match the {len(expected)} expected "
                              "(question, sample) pairs of this shard.")
         return True
@@ -136,18 +129,10 @@ def _shard_lines(questions: Sequence[Example], completions: dict[str, Any], task
         exemplar_set = task.exemplars_for(question).name
         for j, (text, ids, reason, log_prob) in enumerate(zip(completion.texts, completion.token_ids,
                                                               completion.finish_reasons, completion.sum_log_probs)):
-            record = {
-                "question_id": question.id,
-                "prompt_format": fmt,
-                "exemplar_set": exemplar_set,
-                "sample_index": j,
-                "text": text,
-                "answer": parse_answer(text, task.answer_type),
-                "finish_reason": reason,
-                "num_tokens": len(ids),
-                "sum_log_prob": round(float(log_prob), 6),
-            }
-            lines.append(json.dumps(record, ensure_ascii=False) + "\n")
+            lines.append(SampleRecord(
+                question_id=question.id, prompt_format=fmt, exemplar_set=exemplar_set, sample_index=j, text=text,
+                answer=parse_answer(text, task.answer_type), finish_reason=reason, num_tokens=len(ids),
+                sum_log_prob=round(float(log_prob), 6)).to_line())
     return "".join(lines)
 
 
@@ -202,9 +187,7 @@ def run_sample_stage(task: Task, model: LoadedModel, config: SampleStageConfig, 
         wait_for_all_processes()
     manifest = _manifest(output_dir, pool, config, settings, ranges, sampler, time.perf_counter() - start,
                          skipped, sampled)
-    if process_index == 0:
-        write_json_atomic(output_dir / "manifest.json", manifest)
-    return manifest
+    return write_manifest(output_dir, manifest) if process_index == 0 else manifest
 
 
 def _manifest(output_dir: pathlib.Path, pool: Sequence[Example], config: SampleStageConfig,
@@ -212,32 +195,22 @@ def _manifest(output_dir: pathlib.Path, pool: Sequence[Example], config: SampleS
               skipped: int, sampled: int) -> dict[str, Any]:
     shards = [shard_path(output_dir, i, config.num_shards) for i in range(config.num_shards)]
     present = [p for p in shards if p.exists()]
-    return {
-        "stage": "sample",
-        "config": settings,
-        "inputs": {"task": settings["task"], "pool_questions": len(pool), "pool_sha256": settings["pool_sha256"],
-                   "model": settings["model"]},
-        "outputs": {p.name: {"sha256": file_sha256(p), "questions": ranges[i][1] - ranges[i][0]}
-                    for i, p in enumerate(shards) if p.exists()},
-        "counts": {
-            "questions": len(pool),
-            "shards": config.num_shards,
-            "shards_complete": len(present),
-            "samples_expected": len(pool) * config.num_samples,
-        },
+    return stage_manifest(
+        "sample", settings,
+        inputs={"task": settings["task"], "pool_questions": len(pool), "pool_sha256": settings["pool_sha256"],
+                "model": settings["model"]},
+        outputs={p.name: file_output(p, questions=ranges[i][1] - ranges[i][0])
+                 for i, p in enumerate(shards) if p.exists()},
+        counts={"questions": len(pool), "shards": config.num_shards, "shards_complete": len(present),
+                "samples_expected": len(pool) * config.num_samples},
+        seconds=seconds,
         # What this invocation did; the only part that differs between a resumed and an uninterrupted run.
-        "last_run": {
-            "shards_sampled": sampled,
-            "shards_skipped_complete": skipped,
-            "sampled_tokens": sampler.stats["sampled_tokens"],
-            "seconds": seconds,
-            "tokens_per_second": sampler.stats["sampled_tokens"] / seconds if seconds > 0 else None,
-            "environment": environment(),
-        },
-    }
+        last_run={"shards_sampled": sampled, "shards_skipped_complete": skipped,
+                  "sampled_tokens": sampler.stats["sampled_tokens"],
+                  "tokens_per_second": sampler.stats["sampled_tokens"] / seconds if seconds > 0 else None})
 
 
-def read_samples(output_dir: str | os.PathLike) -> list[dict[str, Any]]:
+def read_samples(output_dir: str | os.PathLike) -> list[SampleRecord]:
     """All records of a complete sample stage, in shard order; missing shards are an error naming them."""
     output_dir = pathlib.Path(output_dir)
     settings_path = output_dir / "sampling_config.json"

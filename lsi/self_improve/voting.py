@@ -14,8 +14,13 @@ import pathlib
 import time
 from typing import TYPE_CHECKING, Sequence
 
-from lsi.io_utils import read_jsonl, write_json_atomic, write_text_atomic
-from lsi.self_improve.manifest import environment, file_sha256
+from lsi.records import KeptPath, PseudoLabel, SampleRecord, read_records, write_records
+from lsi.self_improve.manifest import (
+    MANIFEST_FILE,
+    file_output,
+    stage_manifest,
+    write_manifest,
+)
 from lsi.self_improve.sampling import load_pool, read_samples
 from lsi.tasks.answers import answers_equal
 
@@ -107,12 +112,12 @@ def eligible_answers(answers: Sequence[str | None], answer_type: str, label_sour
     return [a if a is not None and answers_equal(a, gold, answer_type) == keep_right else None for a in answers]
 
 
-def pseudo_label(question_id: str, question: str, samples: Sequence[dict], answer_type: str,
-                 config: VoteStageConfig, gold: str | None = None) -> tuple[dict | None, dict[str, int]]:
-    """The pseudo-label record of one question from its sample records (sorted by sample index), or None when it
-    yields no training data; plus counters for the manifest. `gold` is read only by the oracle controls."""
+def pseudo_label(question_id: str, question: str, samples: Sequence[SampleRecord], answer_type: str,
+                 config: VoteStageConfig, gold: str | None = None) -> tuple[PseudoLabel | None, dict[str, int]]:
+    """The pseudo-label of one question from its sample records (sorted by sample index), or None when it yields no
+    training data; plus counters for the manifest. `gold` is read only by the oracle controls."""
     counts = {"no_parseable_answer": 0, "tie": 0, "below_min_share": 0, "deduped_paths": 0, "capped_paths": 0}
-    vote = vote_answers(eligible_answers([s["answer"] for s in samples], answer_type, config.label_source, gold),
+    vote = vote_answers(eligible_answers([s.answer for s in samples], answer_type, config.label_source, gold),
                         answer_type)
     if vote.answer is None:
         counts["no_parseable_answer"] = 1
@@ -124,25 +129,18 @@ def pseudo_label(question_id: str, question: str, samples: Sequence[dict], answe
     paths = [samples[i] for i in vote.agreeing]
     if config.dedupe_paths:
         seen: set[str] = set()
-        unique = [p for p in paths if not (p["text"].strip() in seen or seen.add(p["text"].strip()))]
+        unique = [p for p in paths if not (p.text.strip() in seen or seen.add(p.text.strip()))]
         counts["deduped_paths"] = len(paths) - len(unique)
         paths = unique
     if config.max_paths_per_question is not None and len(paths) > config.max_paths_per_question:
         counts["capped_paths"] = len(paths) - config.max_paths_per_question
         paths = paths[: config.max_paths_per_question]
-    record = {
-        "question_id": question_id,
-        "question": question,
-        "answer": vote.answer,
-        "vote_count": vote.count,
-        "num_parsed": vote.num_parsed,
-        "num_samples": vote.num_samples,
-        "vote_share": vote.share_of_all,
-        "vote_share_of_parsed": vote.share_of_parsed,
-        "tie": vote.tie,
-        "paths": [{"sample_index": p["sample_index"], "text": p["text"]} for p in paths],
-    }
-    return record, counts
+    label = PseudoLabel(
+        question_id=question_id, question=question, answer=vote.answer, vote_count=vote.count,
+        num_parsed=vote.num_parsed, num_samples=vote.num_samples, vote_share=vote.share_of_all,
+        vote_share_of_parsed=vote.share_of_parsed, tie=vote.tie,
+        paths=tuple(KeptPath(p.sample_index, p.text) for p in paths))
+    return label, counts
 
 
 def run_vote_stage(task: Task, samples_dir: str | os.PathLike, output_dir: str | os.PathLike,
@@ -152,18 +150,18 @@ def run_vote_stage(task: Task, samples_dir: str | os.PathLike, output_dir: str |
     samples_dir, output_dir = pathlib.Path(samples_dir), pathlib.Path(output_dir)
     sampling = json.loads((samples_dir / "sampling_config.json").read_text())
     pool = load_pool(task, sampling.get("max_questions"))
-    by_question: dict[str, list[dict]] = {q.id: [] for q in pool}
+    by_question: dict[str, list[SampleRecord]] = {q.id: [] for q in pool}
     for record in read_samples(samples_dir):
-        if record["question_id"] not in by_question:
-            raise ValueError(f"{samples_dir}: samples for question {record['question_id']!r}, which is not in the "
+        if record.question_id not in by_question:
+            raise ValueError(f"{samples_dir}: samples for question {record.question_id!r}, which is not in the "
                              f"pool of task {task.name}; were they sampled from another task?")
-        by_question[record["question_id"]].append(record)
+        by_question[record.question_id].append(record)
     totals = {"questions": len(pool), "no_parseable_answer": 0, "tie": 0, "below_min_share": 0, "deduped_paths": 0,
               "capped_paths": 0, "pseudo_labels": 0, "kept_paths": 0}
     golds = _pool_golds(task) if config.label_source != "vote" else {}
     records = []
     for question in pool:
-        samples = sorted(by_question[question.id], key=lambda s: s["sample_index"])
+        samples = sorted(by_question[question.id], key=lambda s: s.sample_index)
         record, counts = pseudo_label(question.id, question.question, samples, task.answer_type, config,
                                       golds.get(question.id))
         for key, value in counts.items():
@@ -171,51 +169,44 @@ def run_vote_stage(task: Task, samples_dir: str | os.PathLike, output_dir: str |
         if record is not None:
             records.append(record)
     if config.max_total_paths is not None:
-        totals["capped_paths"] += cap_total_paths(records, config.max_total_paths)
-    records = [r for r in records if r["paths"]]
+        records, capped = cap_total_paths(records, config.max_total_paths)
+        totals["capped_paths"] += capped
+    records = [r for r in records if r.paths]
     totals["pseudo_labels"] = len(records)
-    totals["kept_paths"] = sum(len(r["paths"]) for r in records)
-    shares = [r["vote_share"] for r in records]
-    lines = [json.dumps(record, ensure_ascii=False) + "\n" for record in records]
-    if not lines and not config.allow_empty:
+    totals["kept_paths"] = sum(len(r.paths) for r in records)
+    shares = [r.vote_share for r in records]
+    if not records and not config.allow_empty:
         raise ValueError(_no_pseudo_labels_message(samples_dir, totals, config))
-    path = write_text_atomic(output_dir / "pseudo_labels.jsonl", "".join(lines))
+    path = write_records(output_dir / PseudoLabel.FILE, records)
     totals["mean_vote_share"] = sum(shares) / len(shares) if shares else 0.0
-    manifest = {
-        "stage": "vote",
-        "config": {**dataclasses.asdict(config), "task": task.name, "answer_type": task.answer_type,
-                   "prompt_style": sampling.get("prompt_style", "plain")},
-        "inputs": {"samples_dir": str(samples_dir), "sampling_config": sampling,
-                   "sample_shards_sha256": json.loads((samples_dir / "manifest.json").read_text()).get("outputs")
-                   if (samples_dir / "manifest.json").exists() else None},
-        "outputs": {path.name: {"sha256": file_sha256(path), "records": totals["pseudo_labels"]}},
-        "counts": totals,
-        "last_run": {"seconds": time.perf_counter() - start, "environment": environment()},
-    }
-    write_json_atomic(output_dir / "manifest.json", manifest)
-    return manifest
+    samples_manifest = samples_dir / MANIFEST_FILE
+    return write_manifest(output_dir, stage_manifest(
+        "vote", {**dataclasses.asdict(config), "task": task.name, "answer_type": task.answer_type,
+                 "prompt_style": sampling.get("prompt_style", "plain")},
+        inputs={"samples_dir": str(samples_dir), "sampling_config": sampling,
+                "sample_shards_sha256": json.loads(samples_manifest.read_text()).get("outputs")
+                if samples_manifest.exists() else None},
+        outputs={path.name: file_output(path, records=totals["pseudo_labels"])},
+        counts=totals, seconds=time.perf_counter() - start))
 
 
 def _pool_golds(task: Task) -> dict[str, str | None]:
     return {example.id: example.answer for example in task.load_pool()}
 
 
-def cap_total_paths(records: Sequence[dict], cap: int) -> int:
-    """Keeps at most `cap` paths over all records, round-robin across questions (each record's first path, then its
-    second, ...), in place; returns how many were dropped."""
+def cap_total_paths(records: Sequence[PseudoLabel], cap: int) -> tuple[list[PseudoLabel], int]:
+    """At most `cap` paths over all records, taken round-robin across questions (each record's first path, then its
+    second, ...); returns the capped records and how many paths were dropped."""
     quota = [0] * len(records)
     taken, depth = 0, 0
-    while taken < cap and any(len(r["paths"]) > depth for r in records):
+    while taken < cap and any(len(r.paths) > depth for r in records):
         for index, record in enumerate(records):
-            if taken < cap and len(record["paths"]) > depth:
+            if taken < cap and len(record.paths) > depth:
                 quota[index] += 1
                 taken += 1
         depth += 1
-    dropped = 0
-    for record, keep in zip(records, quota):
-        dropped += len(record["paths"]) - keep
-        record["paths"] = record["paths"][:keep]
-    return dropped
+    dropped = sum(len(record.paths) - keep for record, keep in zip(records, quota))
+    return [dataclasses.replace(r, paths=r.paths[:keep]) for r, keep in zip(records, quota)], dropped
 
 
 def _no_pseudo_labels_message(samples_dir: pathlib.Path, totals: dict[str, int], config: VoteStageConfig) -> str:
@@ -228,23 +219,6 @@ def _no_pseudo_labels_message(samples_dir: pathlib.Path, totals: dict[str, int],
             f"write the empty pseudo_labels.jsonl anyway.")
 
 
-PSEUDO_LABEL_FIELDS = ("question_id", "question", "answer", "paths")  # what the format stage reads
-PATH_FIELDS = ("sample_index", "text")
-
-
-def read_pseudo_labels(path: str | os.PathLike) -> list[dict]:
-    """pseudo_labels.jsonl records; a malformed line, or one without a field the format stage reads, is an error
-    naming the file, line and field."""
-    records = []
-    for line, record in read_jsonl(path):
-        missing = [k for k in PSEUDO_LABEL_FIELDS if k not in record]
-        if missing:
-            raise ValueError(f"{path}:{line}: pseudo-label without field(s) {', '.join(missing)}.")
-        if not isinstance(record["paths"], list):
-            raise ValueError(f"{path}:{line}: field 'paths' is a {type(record['paths']).__name__}, not a list.")
-        for index, kept in enumerate(record["paths"]):
-            gaps = [k for k in PATH_FIELDS if not isinstance(kept, dict) or k not in kept]
-            if gaps:
-                raise ValueError(f"{path}:{line}: paths[{index}] without field(s) {', '.join(gaps)}.")
-        records.append(record)
-    return records
+def read_pseudo_labels(path: str | os.PathLike) -> list[PseudoLabel]:
+    """pseudo_labels.jsonl records; a malformed line or field is an error naming the file, line and field."""
+    return read_records(PseudoLabel, path)

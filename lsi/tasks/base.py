@@ -34,6 +34,11 @@ class Example:
     def without_answer(self) -> "Example":
         return dataclasses.replace(self, answer=None, alternatives=())
 
+    @property
+    def golds(self) -> list[str]:
+        """Every accepted gold answer (none for an unlabeled question)."""
+        return [g for g in (self.answer, *self.alternatives) if g is not None]
+
 
 @dataclasses.dataclass(frozen=True)
 class Exemplar:

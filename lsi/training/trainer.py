@@ -54,9 +54,9 @@ class NonFiniteLossError(FloatingPointError):
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    steps: int = 10_000
-    batch_size: int = 32
-    seq_length: int = 1024
+    steps: int = 10_000  # optimizer steps
+    batch_size: int = 32  # packed rows per step (global, across every data-parallel device)
+    seq_length: int = 1024  # tokens per packed row
     num_microbatches: int = 1
     mesh: tuple[int, int, int] = (-1, 1, 1)  # (data, fsdp, tensor); -1 takes the remaining devices
     checkpoint_every: int = 1000

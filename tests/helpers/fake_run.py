@@ -23,11 +23,13 @@ import numpy as np
 from lsi import metrics
 from lsi.batch_decoding import Completion
 from lsi.evaluation import EvalConfig, accuracy_at_subsets, prediction_record
-from lsi.io_utils import write_json_atomic, write_jsonl_atomic, write_text_atomic
+from lsi.io_utils import write_json_atomic, write_text_atomic
+from lsi.records import PseudoLabel, SampleRecord, read_records, write_records
+from lsi.run_layout import RunLayout
 from lsi.sampling_methods import Temperature
 from lsi.self_improve.formats import FORMAT_PRESETS, training_examples
 from lsi.self_improve.manifest import file_sha256
-from lsi.self_improve.sampling import SAMPLE_FIELDS, pool_fingerprint, shard_path
+from lsi.self_improve.sampling import pool_fingerprint, shard_path
 from lsi.self_improve.voting import run_vote_stage
 from lsi.tasks.base import PROMPTS_DIR, Example, ExemplarSet, Task
 from lsi.training.data import PackingStats
@@ -112,21 +114,21 @@ def write_eval(run_dir: pathlib.Path, spec: EvalSpec, task: Task) -> dict:
     config = EvalConfig(modes=modes, num_samples=NUM_SAMPLES, method=Temperature(spec.temperature, top_k=40),
                         subsample_sizes=(1, 2, 4, 8), subsample_repeats=5, calibration_bins=10)
     examples = task.load_eval()
-    output_dir = run_dir / "eval" / spec.tag / task.name
+    output_dir = RunLayout(run_dir).eval_dir(spec.tag, task.name)
     all_metrics = {"task": task.name, "answer_type": task.answer_type, "config": dataclasses.asdict(config),
                    "modes": {}}
     for mode in modes:
         answers = _mode_answers(mode, spec, task.name, examples)
         records = [_prediction(e, a) for e, a in zip(examples, answers)]
-        write_jsonl_atomic(output_dir / mode / "predictions.jsonl", records)
-        correct = [r["correct"] for r in records]
+        write_records(RunLayout(run_dir).predictions(spec.tag, task.name, mode), records)
+        correct = [r.correct for r in records]
         result = {
             "accuracy": metrics.accuracy(correct).as_dict(),
             "num_questions": len(records),
             "unparseable_samples": sum(a is None for row in answers for a in row),
-            "questions_without_answer": sum(r["vote"] is None for r in records),
-            "ties": sum(r["tie"] for r in records),
-            "finish_reasons": dict(collections.Counter(s["finish_reason"] for r in records for s in r["samples"])),
+            "questions_without_answer": sum(r.vote is None for r in records),
+            "ties": sum(r.tie for r in records),
+            "finish_reasons": dict(collections.Counter(s.finish_reason for r in records for s in r.samples)),
             "sampler": {"prompts": len(records), "sampled_tokens": 12 * sum(map(len, answers)), "batches": 2,
                         "padding_rows": 0, "seconds": 0.5},
         }
@@ -134,7 +136,7 @@ def write_eval(run_dir: pathlib.Path, spec: EvalSpec, task: Task) -> dict:
             result["accuracy_at_m"] = accuracy_at_subsets(answers, examples, task.answer_type,
                                                           config.subsample_sizes, config.subsample_repeats,
                                                           config.seed)
-            result["calibration"] = metrics.calibration_bins([r["vote_share"] for r in records], correct,
+            result["calibration"] = metrics.calibration_bins([r.vote_share for r in records], correct,
                                                              num_bins=config.calibration_bins)
         result["seconds"] = 0.5
         all_metrics["modes"][mode] = result
@@ -158,16 +160,13 @@ def write_samples(samples_dir: pathlib.Path, task: Task, round_index: int, num_s
     outputs = {}
     for index in range(num_shards):
         questions = pool[index * per_shard:(index + 1) * per_shard]
-        lines = []
+        records = []
         for q in questions:
             answers = _sampled_answers(golds[q.id], 0.4 + 0.2 * round_index, _rng("pool", round_index, q.id))
-            for j, answer in enumerate(answers):
-                record = {"question_id": q.id, "prompt_format": "few_shot_cot", "exemplar_set": "default",
-                          "sample_index": j, "text": _text(answer), "answer": answer, "finish_reason": "stop",
-                          "num_tokens": 12, "sum_log_prob": -3.5}
-                assert tuple(record) == SAMPLE_FIELDS
-                lines.append(json.dumps(record, ensure_ascii=False) + "\n")
-        path = write_text_atomic(shard_path(samples_dir, index, num_shards), "".join(lines))
+            records.extend(SampleRecord(question_id=q.id, prompt_format="few_shot_cot", exemplar_set="default",
+                                        sample_index=j, text=_text(answer), answer=answer, finish_reason="stop",
+                                        num_tokens=12, sum_log_prob=-3.5) for j, answer in enumerate(answers))
+        path = write_records(shard_path(samples_dir, index, num_shards), records)
         outputs[path.name] = {"sha256": file_sha256(path), "questions": len(questions)}
     write_json_atomic(samples_dir / "manifest.json", {
         "stage": "sample", "config": settings,
@@ -182,7 +181,7 @@ def write_samples(samples_dir: pathlib.Path, task: Task, round_index: int, num_s
 
 def write_formats_manifest(formats_dir: pathlib.Path, task: Task, pseudo_labels_path: pathlib.Path) -> None:
     """The format stage's manifest (its counts from the real `training_examples`), without the TFRecords."""
-    labels = [json.loads(line) for line in pseudo_labels_path.read_text().splitlines() if line.strip()]
+    labels = read_records(PseudoLabel, pseudo_labels_path)
     formats = FORMAT_PRESETS["all"]
     per_format = collections.Counter(r["format"] for r in training_examples(task, labels, formats))
     write_json_atomic(formats_dir / "manifest.json", {
@@ -191,7 +190,7 @@ def write_formats_manifest(formats_dir: pathlib.Path, task: Task, pseudo_labels_
                    "task": task.name, "answer_type": task.answer_type},
         "inputs": {"pseudo_labels": str(pseudo_labels_path), "sha256": file_sha256(pseudo_labels_path)},
         "outputs": {},
-        "counts": {"questions": len(labels), "kept_paths": sum(len(r["paths"]) for r in labels),
+        "counts": {"questions": len(labels), "kept_paths": sum(len(r.paths) for r in labels),
                    "examples": sum(per_format.values()),
                    "examples_per_format": {f.value: per_format[f.value] for f in formats}},
         "last_run": {"seconds": 0.1},
@@ -220,16 +219,16 @@ def write_train(train_dir: pathlib.Path, round_index: int) -> None:
 
 def build_fake_run(run_dir: str | pathlib.Path, *, rounds: int = 1, eval_specs=DEFAULT_EVALS,
                    tasks: tuple[str, ...] = (TASK,)) -> pathlib.Path:
-    run_dir = pathlib.Path(run_dir)
+    layout = RunLayout(run_dir)
     for name in tasks:
         task = toy_task(name)
         for r in range(1, rounds + 1):
-            task_dir = run_dir / f"round_{r}" / name
-            write_samples(task_dir / "samples", task, r)
-            run_vote_stage(task, task_dir / "samples", task_dir / "votes")
-            write_formats_manifest(task_dir / "formats", task, task_dir / "votes" / "pseudo_labels.jsonl")
+            samples, votes = layout.stage_dir(r, name, "samples"), layout.stage_dir(r, name, "votes")
+            write_samples(samples, task, r)
+            run_vote_stage(task, samples, votes)
+            write_formats_manifest(layout.stage_dir(r, name, "formats"), task, layout.pseudo_labels(r, name))
         for spec in eval_specs:
-            write_eval(run_dir, spec, task)
+            write_eval(layout.root, spec, task)
     for r in range(1, rounds + 1):
-        write_train(run_dir / f"round_{r}" / "train", r)
-    return run_dir
+        write_train(layout.train_dir(r), r)
+    return layout.root
