@@ -1,23 +1,20 @@
-"""Shared helpers for the side-by-side benchmarks: timing, peak memory, process isolation, machine info, JSON.
+"""Shared helpers of the side-by-side benchmarks: timing, peak memory, process isolation, machine info, tables.
 
-Every benchmark measures each side (ours and a peer) the same way:
-- `SideProcess(factory, ...)`: one side in a fresh spawned interpreter, so that its peak memory is its own and one
-  side's thread pools and allocator state cannot slow the other; `run_isolated(fn, ...)` for a single call.
-- `time_interleaved({side: call})`: wall times of each side's blocking calls after warmup, in alternating rounds so
-  that a shared machine's changing load hits all sides alike; `time_call(fn)` for one side. Both record how busy
-  the machine was with other processes, so that a contaminated figure shows as one.
-- `PeakRSS`: the peak resident set of this process over a `with` block (Linux resets the high-water mark through
-  /proc/self/clear_refs; elsewhere a sampling thread stands in); `peak_rss_bytes()` stays the lifetime peak.
-- `environment_info(packages)` and `write_json(path, record)` make the result file self-describing and atomic.
+Every benchmark measures each side (ours and a peer) the same way: each `Side` lives in a fresh spawned interpreter
+(`start_side`), so that its peak memory is its own and one side's thread pools cannot slow the other's; its calls are
+timed in alternating rounds (`time_interleaved`), so that a shared machine's changing load hits all sides alike, with
+a record of how busy other processes kept the machine meanwhile. Result files are written with
+`lsi.io_utils.write_json_atomic` and describe themselves (`environment_info`).
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import dataclasses
 import datetime
 import functools
-import json
+import gc
 import multiprocessing
 import os
 import pathlib
@@ -25,16 +22,23 @@ import platform
 import shlex
 import statistics
 import sys
-import threading
+import tempfile
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Sequence
 from typing import Any, Self
+from unittest import mock
+
+import numpy as np
 
 from lsi.self_improve.manifest import package_versions
 
 MIB = 1024 * 1024
+REPO = pathlib.Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
 
+
+# --- timing -------------------------------------------------------------------------------------------------------
 
 def timed_call(fn: Callable[[], Any]) -> tuple[float, float]:
     """(wall seconds, CPU seconds of this process's threads) of one call of `fn`, which must block until done."""
@@ -45,10 +49,7 @@ def timed_call(fn: Callable[[], Any]) -> tuple[float, float]:
 
 
 def time_call(fn: Callable[[], Any], warmup: int = 1, repeats: int = 3) -> dict[str, Any]:
-    """Wall-clock seconds of `repeats` calls of `fn` after `warmup` untimed calls (see `summarize_times`).
-
-    `fn` must block until its result is ready (`jax.block_until_ready`, or a synchronous torch call).
-    """
+    """`summarize_times` of `repeats` blocking calls of `fn` after `warmup` untimed ones."""
     return time_interleaved({"fn": lambda: timed_call(fn)}, warmup=warmup, repeats=repeats)["fn"]
 
 
@@ -123,154 +124,138 @@ def machine_busy_seconds() -> float | None:
     except (OSError, ValueError):
         return None
     # user nice system idle iowait irq softirq steal [guest guest_nice: already counted in user and nice]
-    busy = sum(fields[:3]) + sum(fields[5:8])
-    return busy / os.sysconf("SC_CLK_TCK")
+    return (sum(fields[:3]) + sum(fields[5:8])) / os.sysconf("SC_CLK_TCK")
 
 
-def machine_busy_cores(interval_s: float = 1.0) -> float | None:
-    """Average number of busy cores over the next `interval_s` seconds (this process is idle meanwhile)."""
-    start = machine_busy_seconds()
-    time.sleep(interval_s)
-    end = machine_busy_seconds()
-    return None if start is None or end is None else (end - start) / interval_s
-
-
-def wait_until_quiet(max_busy_cores: float = 0.2, timeout_s: float = 0.0, interval_s: float = 2.0) -> dict[str, Any]:
-    """Waits (up to `timeout_s`) until other processes keep fewer than `max_busy_cores` cores busy.
-
-    Returns what was seen: seconds waited and the last busy-core reading (timeout_s=0 just takes one reading).
-    """
-    start = time.perf_counter()
-    busy = machine_busy_cores(interval_s)
-    while busy is not None and busy >= max_busy_cores and time.perf_counter() - start < timeout_s:
-        busy = machine_busy_cores(interval_s)
-    return {"waited_s": time.perf_counter() - start, "busy_cores": busy, "threshold": max_busy_cores,
-            "quiet": busy is not None and busy < max_busy_cores}
+def wait_for_quiet(max_load: float | None, timeout_s: float, poll_s: float = 5.0) -> dict[str, Any]:
+    """Waits (up to `timeout_s`) until the 1-min load average is below `max_load` (None: no wait); returns what it
+    saw, with the cores other processes kept busy over the half second before timing starts."""
+    before = os.getloadavg()
+    start = time.monotonic()
+    if max_load is not None and before[0] >= max_load:
+        print(f"[benchmark] waiting for load average < {max_load} (now {before[0]:.2f})", flush=True)
+        while os.getloadavg()[0] >= max_load and time.monotonic() - start < timeout_s:
+            time.sleep(poll_s)
+    after, busy_start = os.getloadavg(), machine_busy_seconds()
+    time.sleep(0.5)
+    busy_end = machine_busy_seconds()
+    return {"threshold_1min": max_load, "timeout_s": timeout_s, "waited_s": round(time.monotonic() - start, 1),
+            "quiet": None if max_load is None else after[0] < max_load,
+            "load_average_before": list(before), "load_average_at_start": list(after),
+            "busy_cores_at_start": None if busy_start is None or busy_end is None else (busy_end - busy_start) / 0.5}
 
 
 def throughput(items: float, timing: dict[str, Any]) -> dict[str, float]:
     """Items per second at the median, best (min time) and worst (max time) of a `time_call` result."""
-    return {
-        "median": items / timing["median_s"],
-        "best": items / timing["min_s"],
-        "worst": items / timing["max_s"],
-    }
+    return {"median": items / timing["median_s"], "best": items / timing["min_s"], "worst": items / timing["max_s"]}
+
+
+def side_rates(items_per_call: int, ours: dict[str, Any] | None, theirs: dict[str, Any] | None) -> dict[str, Any]:
+    """The figures of a side-by-side record: each side's items/s at its median time, ours over transformers', and
+    each side's result with its `throughput`."""
+    sides = {"ours": ours, "transformers": theirs}
+    rates = {name: throughput(items_per_call, side["timing"]) if side else None for name, side in sides.items()}
+    return {"tokens_per_s": {name: rate["median"] if rate else None for name, rate in rates.items()},
+            "ratio_ours_over_transformers": rates["ours"]["median"] / rates["transformers"]["median"]
+            if ours and theirs else None,
+            **{name: side | {"tokens_per_s": rates[name]} if side else None for name, side in sides.items()}}
 
 
 # --- memory -------------------------------------------------------------------------------------------------------
 
 def _status_kib(field: str) -> int | None:
+    """A field of /proc/self/status in KiB (VmRSS: resident now, VmHWM: its high-water mark); None off Linux."""
     try:
         with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
+            return next((int(line.split()[1]) for line in f if line.startswith(field + ":")), None)
     except OSError:
         return None
-    return None
 
 
 def current_rss_bytes() -> int:
-    """Resident set size of this process now."""
     kib = _status_kib("VmRSS")
-    if kib is not None:
-        return kib * 1024
-    import psutil  # noqa: PLC0415  (only off Linux)
+    if kib is None:
+        import psutil  # noqa: PLC0415  (only off Linux)
 
-    return psutil.Process().memory_info().rss
+        return psutil.Process().memory_info().rss
+    return kib * 1024
 
 
-# The highest kernel high-water mark seen before `_reset_peak_rss` cleared it: the process's lifetime peak survives.
+# The highest kernel high-water mark seen before `PeakRSS` cleared it: the process's lifetime peak survives.
 _PEAK_BEFORE_RESETS = 0
 
 
 def peak_rss_bytes() -> int:
     """Peak resident set of this process since it started (also across `PeakRSS` blocks, which reset the kernel's)."""
     kib = _status_kib("VmHWM")
-    if kib is not None:
-        return max(kib * 1024, _PEAK_BEFORE_RESETS)
-    import resource  # noqa: PLC0415
+    if kib is None:
+        import resource  # noqa: PLC0415
 
-    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return maxrss if sys.platform == "darwin" else maxrss * 1024  # macOS reports bytes, Linux KiB
-
-
-def _reset_peak_rss() -> bool:
-    """Resets the kernel's high-water mark (Linux >= 4.0: writing 5 to clear_refs); False where that is not possible."""
-    global _PEAK_BEFORE_RESETS
-    before = _status_kib("VmHWM")
-    if before is None:
-        return False
-    _PEAK_BEFORE_RESETS = max(_PEAK_BEFORE_RESETS, before * 1024)
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        return False
-    return _status_kib("VmHWM") is not None
+        maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return maxrss if sys.platform == "darwin" else maxrss * 1024  # macOS reports bytes, Linux KiB
+    return max(kib * 1024, _PEAK_BEFORE_RESETS)
 
 
 class PeakRSS:
     """Peak resident set of this process inside a `with` block, in `self.peak_bytes` (and `start_bytes`).
 
-    On Linux the kernel's own high-water mark is reset on entry, so the figure is exact and costs nothing. Elsewhere a
-    thread samples RSS every `interval_s`, which can miss short spikes (`self.method` says which was used).
+    On Linux >= 4.0 the kernel's own high-water mark is reset on entry (writing 5 to /proc/self/clear_refs), so the
+    figure is exact and costs nothing; elsewhere it is the process's lifetime peak, an upper bound (`self.method`).
     """
 
-    def __init__(self, interval_s: float = 0.01) -> None:
-        self.interval_s = interval_s
-        self.start_bytes = 0
-        self.peak_bytes = 0
-        self.method = ""
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
     def __enter__(self) -> Self:
+        global _PEAK_BEFORE_RESETS
         self.start_bytes = current_rss_bytes()
-        if _reset_peak_rss():
+        _PEAK_BEFORE_RESETS = peak_rss_bytes()
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
             self.method = "VmHWM"
-        else:
-            self.method = "sampled"
-            self.peak_bytes = self.start_bytes
-            self._thread = threading.Thread(target=self._sample, daemon=True)
-            self._thread.start()
+        except OSError:
+            self.method = "process lifetime peak"
         return self
 
-    def _sample(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            self.peak_bytes = max(self.peak_bytes, current_rss_bytes())
-
     def __exit__(self, *exc: object) -> None:
-        if self._thread is not None:
-            self._stop.set()
-            self._thread.join()
-            self.peak_bytes = max(self.peak_bytes, current_rss_bytes())
-        else:
-            self.peak_bytes = _status_kib("VmHWM") * 1024
         global _PEAK_BEFORE_RESETS
+        kib = _status_kib("VmHWM")
+        self.peak_bytes = kib * 1024 if self.method == "VmHWM" and kib is not None else peak_rss_bytes()
         # The kernel's RSS counters are per-thread batched (tens of pages): keep the lifetime peak >= this block's.
         _PEAK_BEFORE_RESETS = max(_PEAK_BEFORE_RESETS, self.peak_bytes)
 
-    def as_dict(self) -> dict[str, Any]:
-        return {"start_mib": self.start_bytes / MIB, "peak_mib": self.peak_bytes / MIB, "method": self.method}
+
+class Side:
+    """One benchmark side as it lives in its process: `call()` is its blocking unit of work; `run_once` times one
+    call (wall and CPU seconds) and keeps the peak RSS of all calls; `settle` runs one untimed."""
+
+    output: Any = None
+    rss_before_bytes: int | None = None
+    call_peak_bytes = 0
+    memory_method = ""
+
+    def call(self) -> Any:
+        raise NotImplementedError
+
+    def settle(self) -> None:
+        self.output = self.call()
+
+    def run_once(self) -> tuple[float, float]:
+        self.output = None  # free the previous output first, as a loop that consumes each result would
+        if self.rss_before_bytes is None:
+            gc.collect()
+            self.rss_before_bytes = current_rss_bytes()
+        with PeakRSS() as memory:
+            timing = timed_call(lambda: setattr(self, "output", self.call()))
+        self.call_peak_bytes = max(self.call_peak_bytes, memory.peak_bytes)
+        self.memory_method = memory.method
+        return timing
+
+    def call_memory(self, work: str) -> dict[str, Any]:
+        """RSS before the first call and the peak during the calls (warmup and timed), named after the `work`."""
+        return {f"rss_before_{work}_mib": (self.rss_before_bytes or 0) / MIB,
+                f"{work}_peak_rss_mib": self.call_peak_bytes / MIB, "method": self.memory_method}
 
 
 # --- process isolation --------------------------------------------------------------------------------------------
-
-@contextlib.contextmanager
-def _environment(env: dict[str, str] | None) -> Iterator[None]:
-    """Sets `env` in os.environ for the block (a spawned child inherits it at start), then restores it."""
-    saved = {k: os.environ.get(k) for k in (env or {})}
-    try:
-        os.environ.update(env or {})
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
 
 def _side_main(conn: Any, factory: Callable[..., Any], args: tuple, kwargs: dict) -> None:
     try:
@@ -279,16 +264,13 @@ def _side_main(conn: Any, factory: Callable[..., Any], args: tuple, kwargs: dict
         conn.send(("error", traceback.format_exc()))
         return
     conn.send(("ok", None))
-    while True:
-        message = conn.recv()
-        if message is None:
-            conn.send(("ok", peak_rss_bytes()))
-            return
+    while (message := conn.recv()) is not None:
         method, method_args, method_kwargs = message
         try:
             conn.send(("ok", getattr(side, method)(*method_args, **method_kwargs)))
         except BaseException:  # noqa: BLE001
             conn.send(("error", traceback.format_exc()))
+    conn.send(("ok", peak_rss_bytes()))
 
 
 class SideProcess:
@@ -296,16 +278,15 @@ class SideProcess:
     allocator are its own.
 
     `SideProcess(factory, *args)` builds `factory(*args)` there (a top-level class or function: spawn imports it by
-    module path, so a script needs an `if __name__ == "__main__"` guard); `call("method", ...)` runs one of that
-    object's methods there and returns its (picklable) result; `close()` ends the process and returns its lifetime
-    peak RSS in bytes. `env` entries are in the child's environment from its start (XLA_FLAGS, OMP_NUM_THREADS...).
-    Errors in the child are raised here as RuntimeError carrying the child's traceback.
+    module path); `call("method", ...)` runs one of that object's methods there and returns its (picklable) result;
+    `close()` ends the process and returns its lifetime peak RSS in bytes. `env` entries are in the child's
+    environment from its start (XLA_FLAGS...). Errors in the child are raised here as RuntimeError with its traceback.
     """
 
     def __init__(self, factory: Callable[..., Any], *args: Any, env: dict[str, str] | None = None, **kwargs: Any):
         context = multiprocessing.get_context("spawn")
         self._conn, child_conn = context.Pipe()
-        with _environment(env):
+        with mock.patch.dict(os.environ, env or {}):  # the child inherits the environment at its start
             self._process = context.Process(target=_side_main, args=(child_conn, factory, args, kwargs), daemon=True)
             self._process.start()
         child_conn.close()
@@ -340,44 +321,121 @@ class SideProcess:
             self._process.join()
 
 
-def _call(fn: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
-    return fn(*args, **kwargs)
+class InProcess(contextlib.nullcontext):
+    """`SideProcess`'s interface for a side built in this process (`--no_isolate`): no peak memory of its own."""
+
+    def __init__(self, factory: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        super().__init__(self)
+        self._side = factory(*args, **kwargs)
+
+    def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        return getattr(self._side, method)(*args, **kwargs)
+
+    def close(self) -> None:
+        self._side = None
 
 
-def run_isolated(fn: Callable[..., Any], *args: Any, env: dict[str, str] | None = None, **kwargs: Any
-                 ) -> tuple[Any, int]:
-    """`fn(*args, **kwargs)` in a fresh spawned process (see `SideProcess`): (its result, the process's peak RSS)."""
-    side = SideProcess(functools.partial, _call, fn, args, kwargs, env=env)
-    with side:
+def start_side(factory: Callable[..., Any], *args: Any, isolate: bool = True, env: dict[str, str] | None = None
+               ) -> SideProcess | InProcess:
+    return SideProcess(factory, *args, env=env) if isolate else InProcess(factory, *args)
+
+
+def time_sides(sides: dict[str, SideProcess | InProcess], warmup: int, repeats: int, settle: bool = False
+               ) -> dict[str, dict[str, Any]]:
+    """`time_interleaved` over each `Side`'s `run_once`, after an untimed call of its own where `settle`."""
+    calls = {name: functools.partial(side.call, "run_once") for name, side in sides.items()}
+    settles = {name: functools.partial(side.call, "settle") for name, side in sides.items()} if settle else None
+    return time_interleaved(calls, warmup=warmup, repeats=repeats, settle=settles)
+
+
+def measure_side(side: Side, warmup: int, repeats: int, *report_args: Any) -> dict[str, Any]:
+    """A side built in this process: its timed calls after warmup, and its `report(median_s, *report_args)`."""
+    timing = time_interleaved({"side": side.run_once}, warmup=warmup, repeats=repeats)["side"]
+    return side.report(timing["median_s"], *report_args) | {"timing": timing}
+
+
+def run_isolated(fn: Callable[..., Any], *args: Any, isolate: bool = True, env: dict[str, str] | None = None
+                 ) -> tuple[Any, float | None]:
+    """(`fn(*args)`, the peak RSS in MiB of the fresh process it ran in), or (`fn(*args)`, None) run here."""
+    if not isolate:
+        return fn(*args), None
+    with SideProcess(functools.partial, fn, *args, env=env) as side:
         value = side.call("__call__")
-        return value, side.close()
+        return value, side.close() / MIB
 
 
-# --- environment --------------------------------------------------------------------------------------------------
-
-def cpu_model() -> str:
-    """The CPU's marketing name from /proc/cpuinfo (or platform.processor() elsewhere)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+def xla_env(extra_flags: str | None) -> dict[str, str] | None:
+    """The environment of a side process whose XLA_FLAGS add `extra_flags` to the inherited ones."""
+    return {"XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} {extra_flags}".strip()} if extra_flags else None
 
 
-def cpu_flags(wanted: tuple[str, ...] = ("avx", "avx2", "fma", "avx512f", "avx512_bf16", "amx_tile")) -> list[str]:
-    """Which of the SIMD features that matter for matmul speed the CPU reports."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    have = set(line.split(":", 1)[1].split())
-                    return [w for w in wanted if w in have]
-    except OSError:
-        pass
-    return []
+# --- records ------------------------------------------------------------------------------------------------------
+
+def add_comparison_flags(parser: argparse.ArgumentParser, default_output: pathlib.Path) -> None:
+    """The flags of the CPU side-by-side benchmarks (forward, sampler): where the weights come from, where the result
+    goes, torch's threads, and how the sides' processes run; `check_comparison_flags` checks them once parsed."""
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--checkpoint", default="smollm2-135m-instruct",
+                        help="packaged model name, .gguf file or HF directory (default: %(default)s)")
+    source.add_argument("--config", default=None, help="named lsi config with random weights (and random prompts) "
+                                                       "instead of a checkpoint, e.g. 'tiny' (smoke test)")
+    parser.add_argument("--threads", type=int, default=usable_cores(),
+                        help="torch intra-op threads (default: usable cores, %(default)s)")
+    parser.add_argument("--output", default=None, help=f"JSON path (default: {default_output.relative_to(REPO)} for a "
+                                                       "checkpoint, a temp-dir path for --config)")
+    parser.add_argument("--no_isolate", "--no-isolate", dest="isolate", action="store_false",
+                        help="run the sides in this process: no per-side process peak memory, and the runtimes' "
+                             "thread pools share one process (timings less trustworthy)")
+    parser.add_argument("--xla_flags", "--xla-flags", default=None,
+                        help="XLA_FLAGS for our side's processes (appended to the inherited ones); needs isolation")
+
+
+def check_comparison_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.xla_flags and not args.isolate:
+        parser.error("--xla_flags needs a fresh process for our side; drop --no_isolate.")
+
+
+def output_path(given: str | os.PathLike | None, config: str | None, name: str, default: pathlib.Path
+                ) -> pathlib.Path:
+    """The result file: `given`, else a temp-dir file for a random-weight `config` run, else `default`."""
+    if given:
+        return pathlib.Path(given)
+    if config:
+        return pathlib.Path(tempfile.gettempdir()) / "lsi-benchmarks" / f"{name}_{config}.json"
+    return default
+
+
+def config_dict(cfg: Any) -> dict[str, Any]:
+    """A model config as JSON: its fields, the dtypes by name."""
+    return dataclasses.asdict(cfg) | {"dtype": str(np.dtype(cfg.dtype)), "param_dtype": str(np.dtype(cfg.param_dtype))}
+
+
+def cell(value: Any) -> str:
+    """A summary table's cell: floats to 4 significant digits with thousands separated, None as '-'."""
+    if isinstance(value, float):
+        return f"{value:,.4g}" if abs(value) < 1e4 else f"{value:,.0f}"
+    return "-" if value is None else str(value)
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    # Imported here: lsi.report brings matplotlib, which would count in every side process's peak memory.
+    from lsi.report import text_table  # noqa: PLC0415
+
+    return text_table(header, [[cell(v) for v in row] for row in rows])
+
+
+SIDE_COLUMNS = ["side", "tokens/s", "median s", "min s", "max s", "cpu util", "others' cores"]
+
+
+def side_rows(record: dict[str, Any], extra_columns: Callable[[str, dict], list[Any]]) -> list[list[Any]]:
+    """A summary table's row per side in `record` (SIDE_COLUMNS), then that side's `extra_columns`."""
+    rows = []
+    for side in ("ours", "transformers"):
+        if record[side]:
+            t = record[side]["timing"]
+            rows.append([side, record["tokens_per_s"][side], t["median_s"], t["min_s"], t["max_s"],
+                         t["cpu_utilization"], t["other_processes_cores"], *extra_columns(side, record[side])])
+    return rows
 
 
 def usable_cores() -> int:
@@ -388,65 +446,30 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def command_line() -> str:
-    """The command that started this process, shell-quoted, as a user would retype it."""
-    argv = getattr(sys, "orig_argv", None) or [sys.executable, *sys.argv]
-    return shlex.join(argv)
+def cpu_info() -> dict[str, Any]:
+    """The CPU's name and which of the SIMD features that matter for matmul speed it has (Linux /proc/cpuinfo)."""
+    try:
+        lines = pathlib.Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        lines = []
+    field = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines)}  # CPUs alike
+    flags = set(field.get("flags", "").split())
+    return {"cpu_model": field.get("model name") or platform.processor() or platform.machine(),
+            "cpu_flags": [f for f in ("avx", "avx2", "fma", "avx512f", "avx512_bf16", "amx_tile") if f in flags]}
 
 
 def environment_info(packages: tuple[str, ...], env_vars: tuple[str, ...] = ()) -> dict[str, Any]:
-    """Machine, software and invocation details for a result file."""
+    """Machine, software and invocation (the command as a user would retype it) for a result file."""
     try:
-        total_memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        memory_gib = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024**3, 1)
     except (ValueError, OSError, AttributeError):
-        total_memory = None
+        memory_gib = None
     return {
         "date_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "command": command_line(),
+        "command": shlex.join(getattr(sys, "orig_argv", None) or [sys.executable, *sys.argv]),
         "cwd": os.getcwd(),
-        "machine": {
-            "cpu_model": cpu_model(),
-            "cpu_flags": cpu_flags(),
-            "cpu_count": os.cpu_count(),
-            "usable_cores": usable_cores(),
-            "memory_gib": None if total_memory is None else round(total_memory / 1024**3, 1),
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-        },
+        "machine": cpu_info() | {"cpu_count": os.cpu_count(), "usable_cores": usable_cores(), "memory_gib": memory_gib,
+                                 "platform": platform.platform(), "python": platform.python_version()},
         "packages": package_versions(packages),
         "env": {name: os.environ.get(name) for name in env_vars},
     }
-
-
-def write_json(path: str | os.PathLike, record: dict[str, Any]) -> pathlib.Path:
-    """Writes `record` as indented JSON atomically (temp file, then rename); creates parent directories."""
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(record, indent=2, sort_keys=False, default=_json_default) + "\n")
-    os.replace(tmp, path)
-    return path
-
-
-def _json_default(value: Any) -> Any:
-    if hasattr(value, "item"):  # numpy scalars
-        return value.item()
-    if dataclasses.is_dataclass(value):
-        return dataclasses.asdict(value)
-    if isinstance(value, pathlib.Path):
-        return str(value)
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
-
-
-def format_table(header: list[str], rows: list[list[Any]]) -> str:
-    """A plain-text table with right-aligned columns (floats to 4 significant digits)."""
-    def cell(v: Any) -> str:
-        if isinstance(v, float):
-            return f"{v:,.4g}" if abs(v) < 1e4 else f"{v:,.0f}"
-        return "-" if v is None else str(v)
-
-    cells = [header] + [[cell(v) for v in row] for row in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
-    lines = ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in cells]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)

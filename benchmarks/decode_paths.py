@@ -13,58 +13,39 @@ from __future__ import annotations
 
 import argparse
 import pathlib
-import sys
-import time
 from typing import Any
 
+import jax
 import numpy as np
 
-if __package__ in (None, ""):  # run as a script: make `benchmarks` and `lsi` importable from the repo root
-    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+from benchmarks import common, ours
+from lsi.checkpoints import load_checkpoint
+from lsi.io_utils import write_json_atomic
+from lsi.models import get_config, init_params
 
-from benchmarks import common  # noqa: E402
-
-REPO = pathlib.Path(__file__).resolve().parents[1]
-DEFAULT_OUTPUT = REPO / "benchmarks" / "results" / "decode_paths_cpu.json"
+DEFAULT_OUTPUT = common.RESULTS / "decode_paths_cpu.json"
 MODELS = ("smollm2", "deep80", "tiny")
 
 
 def load_model(name: str) -> tuple[Any, Any]:
     """(config, params): the real SmolLM2-135M-Instruct, or random weights for the deep and tiny configs."""
-    import jax  # noqa: PLC0415
-
-    from lsi.checkpoints import load_checkpoint  # noqa: PLC0415
-    from lsi.models import get_config, init_params  # noqa: PLC0415
-
     if name == "smollm2":
         return load_checkpoint("smollm2-135m-instruct")
-    if name == "deep80":
-        cfg = get_config("tiny", num_layers=80, embed_dim=256, num_heads=4, num_kv_heads=2, head_dim=64, mlp_dim=512)
-    else:
-        cfg = get_config("tiny")
+    cfg = get_config("tiny", **({"num_layers": 80, "embed_dim": 256, "num_heads": 4, "num_kv_heads": 2,
+                                 "head_dim": 64, "mlp_dim": 512} if name == "deep80" else {}))
     return cfg, init_params(cfg, jax.random.PRNGKey(0))
 
 
 def measure(name: str, prompt_length: int, num_samples: int, new_tokens: int, repeats: int) -> list[dict[str, Any]]:
     """Both paths on one model: 4 prompts of up to `prompt_length` tokens, `num_samples` samples of `new_tokens`."""
-    import jax.numpy as jnp  # noqa: PLC0415
-
-    from lsi.decoding import SamplerSpec, TransformerLM, make_sampler  # noqa: PLC0415
-    from lsi.sampling_methods import Temperature  # noqa: PLC0415
-
     cfg, params = load_model(name)
-    rng = np.random.default_rng(0)
-    tokens = jnp.asarray(rng.integers(1, cfg.vocab_size, (4, prompt_length)), jnp.int32)
-    lengths = jnp.asarray([prompt_length, prompt_length * 3 // 4, prompt_length // 2, prompt_length * 2 // 3],
-                          jnp.int32)
-    spec = SamplerSpec(num_samples=num_samples, max_new_tokens=new_tokens, method=Temperature(0.7, top_k=40),
-                       eos_ids=(), stop_sequences=(), pad_id=0)
-    args = (params, tokens, lengths, jnp.arange(4, dtype=jnp.int32), jnp.int32(0))
+    ids = np.random.default_rng(0).integers(1, cfg.vocab_size, (4, prompt_length))
+    lengths = [prompt_length, prompt_length * 3 // 4, prompt_length // 2, prompt_length * 2 // 3]
+    prompts = [row[:n].tolist() for row, n in zip(ids, lengths)]
     rows, sampled = [], {}
     for layerwise in (True, False):
-        start = time.perf_counter()
-        compiled = make_sampler(TransformerLM(cfg, layerwise), spec).lower(*args).compile()
-        compile_s = time.perf_counter() - start
+        compiled, args, compile_s = ours.compile_sampler(cfg, params, prompts, num_samples, new_tokens, 0.7, 40,
+                                                         seed=0, layerwise=layerwise)
         sampled[layerwise] = np.asarray(compiled(*args).tokens)  # also the warmup call
         timing = common.time_call(lambda c=compiled: c(*args).tokens.block_until_ready(), warmup=0, repeats=repeats)
         rows.append({"model": name, "num_layers": cfg.num_layers, "embed_dim": cfg.embed_dim,
@@ -73,9 +54,7 @@ def measure(name: str, prompt_length: int, num_samples: int, new_tokens: int, re
         print(f"{name:8s} layerwise={layerwise!s:5s} compile {compile_s:6.1f} s  run {timing['median_s']:6.2f} s  "
               f"{rows[-1]['tokens_per_s']:7.1f} tokens/s", flush=True)
     same = bool(np.array_equal(sampled[True], sampled[False]))
-    for row in rows:
-        row["same_tokens_as_other_path"] = same
-    return rows
+    return [row | {"same_tokens_as_other_path": same} for row in rows]
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -95,7 +74,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     record = {"benchmark": "decode_paths", "workload": {"prompts": 4, "prompt_length": args.prompt_length,
                                                         "samples": args.samples, "new_tokens": args.new_tokens},
               "results": rows, "environment": common.environment_info(("jax", "jaxlib", "flax"))}
-    common.write_json(args.output, record)
+    write_json_atomic(args.output, record)
     print(f"wrote {args.output}")
     return record
 

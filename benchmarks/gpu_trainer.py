@@ -12,66 +12,36 @@ from __future__ import annotations
 
 import argparse
 import pathlib
-import sys
-import time
 from typing import Any
 
-import numpy as np
+import jax
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+from benchmarks import common
+from benchmarks.ours import OursTrainStep, matmul_peak
+from benchmarks.trainer import Workload
+from lsi.io_utils import write_json_atomic
 
-from benchmarks import common  # noqa: E402
-from benchmarks.trainer import measure_matmul_peak  # noqa: E402
-
-REPO = pathlib.Path(__file__).resolve().parents[1]
-DEFAULT_OUTPUT = REPO / "benchmarks" / "results" / "trainer_gpu.json"
+DEFAULT_OUTPUT = common.RESULTS / "trainer_gpu.json"
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "numpy")
 ENV_VARS = ("XLA_FLAGS", "XLA_PYTHON_CLIENT_MEM_FRACTION", "JAX_PLATFORMS")
 
 
 def run(config: str, batch_size: int, length: int, num_microbatches: int, remat: str, warmup: int, repeats: int,
         peak_flops: float | None) -> dict[str, Any]:
-    import jax  # noqa: PLC0415
-    import jax.numpy as jnp  # noqa: PLC0415
-
-    from lsi.models import get_config, init_params  # noqa: PLC0415
-    from lsi.partitioning import make_mesh  # noqa: PLC0415
-    from lsi.training.optimizers import OptimizerConfig  # noqa: PLC0415
-    from lsi.training.trainer import initial_state, make_train_step  # noqa: PLC0415
-
-    cfg = get_config("llama_1b" if config == "llama_1b" else "tiny", dtype=jnp.bfloat16, remat=remat,
-                     param_dtype=jnp.float32)
-    opt = OptimizerConfig(name="adamw", learning_rate=5e-5, clip_norm=1.0)
-    mesh = make_mesh((1, 1, 1), devices=jax.devices()[:1])
-    step_fn = make_train_step(cfg, opt, num_microbatches, mesh, (batch_size, length))
-    state = initial_state(init_params(cfg, jax.random.PRNGKey(0)), opt, step_fn.shardings)
-    tokens = np.random.default_rng(0).integers(0, cfg.vocab_size, (batch_size, length)).astype(np.int32)
-    batch = jax.device_put({"tokens": tokens, "positions": np.broadcast_to(np.arange(length, dtype=np.int32),
-                                                                           tokens.shape),
-                            "segment_ids": np.ones_like(tokens), "loss_mask": np.ones_like(tokens)},
-                           jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
-    holder = {"state": state}
-    losses: list[float] = []
-
-    def one_step() -> None:
-        holder["state"], metrics = step_fn(holder["state"], batch)
-        losses.append(float(metrics["loss"]))
-
-    start = time.perf_counter()
-    one_step()
-    first_step_s = time.perf_counter() - start
-    timing = common.time_call(one_step, warmup=max(warmup - 1, 0), repeats=repeats)
+    work = Workload(f"random:{config}", "", None, batch_size, length, learning_rate=5e-5, warmup=warmup,
+                    repeats=repeats, dtype="bfloat16", remat=remat, num_microbatches=num_microbatches)
+    side = OursTrainStep(work)
+    timing = common.time_interleaved({"ours": side.run_once}, warmup=max(warmup - 1, 0), repeats=repeats)["ours"]
     tokens_per_s = batch_size * length / timing["median_s"]
-    measured_peak = measure_matmul_peak("bfloat16", n=8192 if config == "llama_1b" else 512)
-    flops_per_token = cfg.flops_per_token(length)
+    measured_peak = matmul_peak("bfloat16", n=8192 if config == "llama_1b" else 512)
+    flops_per_token = side.cfg.flops_per_token(length)
     device = jax.devices()[0]
     memory = device.memory_stats() if hasattr(device, "memory_stats") else None
     record = {
-        "config": config, "num_params": cfg.num_params, "batch_size": batch_size, "length": length,
+        "config": config, "num_params": side.cfg.num_params, "batch_size": batch_size, "length": length,
         "num_microbatches": num_microbatches, "remat": remat, "compute_dtype": "bfloat16",
-        "first_step_s_including_compile": first_step_s, "timing": timing, "tokens_per_s": tokens_per_s,
-        "losses": losses, "flops_per_token": flops_per_token,
+        "first_step_s_including_compile": side.first_step_s, "timing": timing, "tokens_per_s": tokens_per_s,
+        "losses": side.losses, "flops_per_token": flops_per_token,
         "achieved_flops_per_s": flops_per_token * tokens_per_s,
         "measured_bf16_matmul_flops_per_s": measured_peak,
         "mfu_vs_measured_matmul": flops_per_token * tokens_per_s / measured_peak,
@@ -101,12 +71,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                  args.num_microbatches, args.remat, 1 if tiny else args.warmup, 2 if tiny else args.repeats,
                  args.peak_flops)
     record["environment"] = common.environment_info(PACKAGES, ENV_VARS)
-    print(common.format_table(["config", "tokens/s", "MFU (vs measured bf16 matmul)", "first step s"],
-                              [[record["config"], record["tokens_per_s"], record["mfu_vs_measured_matmul"],
-                                record["first_step_s_including_compile"]]]))
+    print(common.table(["config", "tokens/s", "MFU (vs measured bf16 matmul)", "first step s"],
+                       [[record["config"], record["tokens_per_s"], record["mfu_vs_measured_matmul"],
+                         record["first_step_s_including_compile"]]]))
     output = args.output or (None if tiny else DEFAULT_OUTPUT)
     if output is not None:
-        common.write_json(output, record)
+        write_json_atomic(output, record)
         print(f"wrote {output}")
     return record
 

@@ -1,12 +1,11 @@
 """Training throughput: our jitted train step (`lsi.training.trainer`) against a plain PyTorch loop on transformers'
 model of the same checkpoint, same batch, same optimizer (AdamW, clip 1.0, no weight decay), float32, in one run.
 
-Each side lives in its own spawned process (`common.SideProcess`) and trains on the same random batch of
-`batch x length` token ids, loss on every next-token prediction (no padding, one segment per row), so both do
-identical work. Both processes are alive at once and take turns (`common.time_interleaved`), two steps a turn of
-which the second is timed: this machine's speed drifts by 15-25% within an hour, and turns let the drift hit both
-sides alike. Tokens/s is batch * length / median timed step after warmup turns; each side's first step runs when
-it is built (ours includes the compile, reported apart).
+Each side lives in its own spawned process and trains on the same random batch of `batch x length` token ids,
+loss on every next-token prediction (no padding, one segment per row), so both do identical work. Both processes are
+alive at once and take turns, two steps a turn of which the second is timed: this machine's speed drifts by 15-25%
+within an hour, and turns let the drift hit both sides alike. Tokens/s is batch * length / median timed step after
+warmup turns; each side's first step runs when it is built (ours includes the compile, reported apart).
 MFU = cfg.flops_per_token(length) * tokens/s / peak, where the peak is a float32 matmul rate measured in our process
 (a 2048^3 `jnp.dot`), or `--peak_flops`. Both sides' first-step losses are recorded: same weights and batch must give
 the same loss, which checks that the comparison is like for like.
@@ -27,27 +26,24 @@ import dataclasses
 import functools
 import os
 import pathlib
-import sys
 import tempfile
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-if __package__ in (None, ""):  # run as a script: make `benchmarks` and `lsi` importable from the repo root
-    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+from benchmarks import common, model_sources
 
-from benchmarks import common  # noqa: E402
-
-REPO = pathlib.Path(__file__).resolve().parents[1]
-DEFAULT_OUTPUT = REPO / "benchmarks" / "results" / "trainer_cpu.json"
+DEFAULT_OUTPUT = common.RESULTS / "trainer_cpu.json"
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "numpy", "torch", "transformers")
 ENV_VARS = ("XLA_FLAGS", "OMP_NUM_THREADS", "JAX_PLATFORMS")
 
 
 @dataclasses.dataclass(frozen=True)
 class Workload:
-    checkpoint: str  # for lsi.checkpoints.load_checkpoint, or "tiny:<hf dir>" for random tiny weights
+    checkpoint: str  # for lsi.checkpoints.load_checkpoint; "tiny": the random tiny model of `hf_directory`;
+    # "random:<config name>": that config's random init (no reference side can load it)
     hf_directory: str
     gguf_file: str | None
     batch_size: int
@@ -60,20 +56,14 @@ class Workload:
     remat: str = "none"
     num_microbatches: int = 1
 
+    @property
+    def checkpoint_path(self) -> str:
+        """What `lsi.checkpoints` loads: the tiny model's HF directory, or the checkpoint's name."""
+        return self.hf_directory if self.checkpoint == "tiny" else self.checkpoint
+
     def tokens(self, vocab_size: int) -> np.ndarray:
         return np.random.default_rng(self.seed).integers(0, vocab_size, (self.batch_size, self.length)).astype(
             np.int32)
-
-
-def measure_matmul_peak(dtype: str = "float32", n: int = 2048, repeats: int = 5) -> float:
-    """FLOP/s of one n^3 matmul in `dtype` on the default device: the practical peak MFU is measured against."""
-    import jax  # noqa: PLC0415
-    import jax.numpy as jnp  # noqa: PLC0415
-
-    a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32).astype(dtype)
-    f = jax.jit(lambda x, y: x @ y)
-    timing = common.time_call(lambda: f(a, a).block_until_ready(), warmup=2, repeats=repeats)
-    return 2.0 * n ** 3 / timing["min_s"]
 
 
 def dense_gemms(cfg: Any, tokens: int) -> dict[tuple[int, int, int], int]:
@@ -93,23 +83,16 @@ def dense_gemms(cfg: Any, tokens: int) -> dict[tuple[int, int, int], int]:
     return gemms
 
 
-def gemm_floor(library: str, cfg: Any, tokens: int, repeats: int = 2) -> dict[str, Any]:
-    """Seconds the step's dense GEMMs (`dense_gemms`) take alone in `library` ("jax" or "torch"), float32, each at
-    the fastest of its four operand layouts (a or a^T times b or b^T): no step built on that library's matmuls can
-    be faster on this machine."""
+def gemm_floor(library: str, cfg: Any, tokens: int, compile: Callable[[Callable], Callable],
+               to_device: Callable[[np.ndarray], Any], block: Callable[[Any], Any], repeats: int = 2) -> dict[str, Any]:
+    """Seconds the step's dense GEMMs (`dense_gemms`) take alone in `library`, float32, each at the fastest of its
+    four operand layouts (a or a^T times b or b^T): no step built on that library's matmuls can be faster on this
+    machine. `compile`, `to_device` and `block` are the library's (jax.jit or nothing, its array, its wait)."""
     def product(a: Any, b: Any, ta: bool, tb: bool) -> Any:
         return (a.T if ta else a) @ (b.T if tb else b)
 
-    if library == "jax":
-        import jax  # noqa: PLC0415
-        import jax.numpy as jnp  # noqa: PLC0415
-
-        wrap, to_device, block = jax.jit, jnp.asarray, jax.block_until_ready
-    else:
-        import torch  # noqa: PLC0415
-
-        wrap, to_device, block = (lambda f: f), torch.from_numpy, (lambda x: x)
-    layouts = {(ta, tb): wrap(functools.partial(product, ta=ta, tb=tb)) for ta in (False, True) for tb in (False, True)}
+    layouts = {(ta, tb): compile(functools.partial(product, ta=ta, tb=tb))
+               for ta in (False, True) for tb in (False, True)}
     rng = np.random.default_rng(0)
     rows, total = [], 0.0
     for (m, k, n), count in dense_gemms(cfg, tokens).items():
@@ -123,137 +106,10 @@ def gemm_floor(library: str, cfg: Any, tokens: int, repeats: int = 2) -> dict[st
     return {"library": library, "seconds": total, "gemms": rows}
 
 
-def _checkpoint(work: Workload) -> str:
-    """What `lsi.checkpoints` loads for our side: the tiny model's HF directory, or the checkpoint's name."""
-    return work.hf_directory if work.checkpoint.startswith("tiny") else work.checkpoint
-
-
-def _load_ours(work: Workload) -> tuple[Any, Any]:
-    from lsi.checkpoints import load_checkpoint  # noqa: PLC0415
-
-    return load_checkpoint(_checkpoint(work))
-
-
-class _TrainSide:
-    """One side's process: `settle` runs an untimed step, `run_once` times one."""
-
-    def _step(self) -> None:
-        raise NotImplementedError
-
-    def settle(self) -> None:
-        self._step()
-
-    def run_once(self) -> tuple[float, float]:
-        return common.timed_call(self._step)
-
-
-class OursTrainStep(_TrainSide):
-    """Our side, built in its own process: the jitted train step on `work`'s batch, one step per `run_once`."""
-
-    def __init__(self, work: Workload, custom_grads: bool | None = None) -> None:
-        import jax  # noqa: PLC0415
-        import jax.numpy as jnp  # noqa: PLC0415
-
-        from lsi.partitioning import make_mesh  # noqa: PLC0415
-        from lsi.training.optimizers import OptimizerConfig  # noqa: PLC0415
-        from lsi.training.trainer import (  # noqa: PLC0415
-            TrainConfig, initial_state, make_train_step, training_model_config)
-
-        self.work = work
-        cfg, params = _load_ours(work)
-        dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[work.dtype]
-        opt = OptimizerConfig(name="adamw", learning_rate=work.learning_rate, clip_norm=1.0, weight_decay=0.0)
-        tc = TrainConfig(steps=1, batch_size=work.batch_size, seq_length=work.length, optimizer=opt, dtype=dtype,
-                         num_microbatches=work.num_microbatches)
-        self.cfg = training_model_config(tc, cfg.replace(remat=work.remat, custom_grads=custom_grads))
-        mesh = make_mesh((1, 1, 1), devices=jax.devices()[:1])
-        self.step_fn = make_train_step(self.cfg, opt, work.num_microbatches, mesh, (work.batch_size, work.length))
-        self.state = initial_state(params, opt, self.step_fn.shardings)
-        del params
-        tokens = work.tokens(self.cfg.vocab_size)
-        batch = {"tokens": tokens, "positions": np.broadcast_to(np.arange(work.length, dtype=np.int32), tokens.shape),
-                 "segment_ids": np.ones_like(tokens), "loss_mask": np.ones_like(tokens)}
-        self.batch = jax.device_put(batch, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
-        self.losses: list[float] = []
-        start = time.perf_counter()
-        self._step()
-        self.first_step_s = time.perf_counter() - start  # includes the compile
-
-    def _step(self) -> None:
-        self.state, metrics = self.step_fn(self.state, self.batch)
-        self.losses.append(float(metrics["loss"]))  # blocks until the step is done
-
-    def matmul_peak(self) -> float:
-        return measure_matmul_peak(self.work.dtype)
-
-    def finish(self) -> dict[str, Any]:
-        import jax  # noqa: PLC0415
-
-        return {
-            "first_step_s_including_compile": self.first_step_s,
-            "first_step_loss": self.losses[0],
-            "losses": self.losses,
-            "flops_per_token": self.cfg.flops_per_token(self.work.length),
-            "device": str(jax.devices()[0]),
-            "num_params": self.cfg.num_params,
-            "dense_gemm_floor": gemm_floor("jax", self.cfg, self.work.batch_size * self.work.length),
-        }
-
-
-class TorchTrainStep(_TrainSide):
-    """PyTorch's side, built in its own process: a plain loop on transformers' model with torch's AdamW."""
-
-    def __init__(self, work: Workload) -> None:
-        import torch  # noqa: PLC0415
-        from transformers import AutoModelForCausalLM  # noqa: PLC0415
-
-        self.work = work
-        kwargs = {"gguf_file": work.gguf_file} if work.gguf_file else {}
-        self.model = AutoModelForCausalLM.from_pretrained(work.hf_directory, dtype=torch.float32, **kwargs)
-        self.model.train()
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=work.learning_rate, betas=(0.9, 0.999),
-                                           eps=1e-8, weight_decay=0.0)
-        self.tokens = torch.tensor(work.tokens(self.model.config.vocab_size), dtype=torch.long)
-        self.losses: list[float] = []
-        self._step()  # as our side's first (compiling) step: both sides time steps 2 onwards
-
-    def _step(self) -> None:
-        import torch  # noqa: PLC0415
-
-        loss = self.model(input_ids=self.tokens, labels=self.tokens).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.losses.append(float(loss.detach()))
-
-    def finish(self) -> dict[str, Any]:
-        import torch  # noqa: PLC0415
-
-        from lsi.checkpoints import load_config  # noqa: PLC0415
-
-        return {
-            "first_step_loss": self.losses[0],
-            "losses": self.losses,
-            "torch_threads": torch.get_num_threads(),
-            "dense_gemm_floor": gemm_floor("torch", load_config(_checkpoint(self.work)),
-                                           self.work.batch_size * self.work.length),
-        }
-
-
-def tiny_checkpoint(directory: pathlib.Path, dtype: Any = None) -> str:
-    """A random tiny Llama written as a HF directory both sides load."""
-    import jax  # noqa: PLC0415
-
-    from lsi.checkpoints import save_hf_directory  # noqa: PLC0415
-    from lsi.models import get_config, init_params  # noqa: PLC0415
-
-    cfg = get_config("tiny")
-    save_hf_directory(cfg, init_params(cfg, jax.random.PRNGKey(0)), directory)
-    return str(directory)
-
-
 def main(argv: list[str] | None = None) -> dict[str, Any]:
+    from benchmarks import ours, peers  # noqa: PLC0415  (each side's process imports only its own)
+    from lsi.io_utils import write_json_atomic  # noqa: PLC0415
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", choices=("smollm2", "tiny"), default="smollm2")
     parser.add_argument("--batch_size", type=int, default=None)
@@ -270,75 +126,66 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
 
     tmp = tempfile.TemporaryDirectory()
-    if args.config == "tiny":
-        hf_dir, gguf, checkpoint = tiny_checkpoint(pathlib.Path(tmp.name) / "tiny"), None, "tiny"
-        batch, length, output = args.batch_size or 2, args.length or 32, args.output
-        warmup, repeats = 1, min(args.repeats, 2)
-    else:
-        from lsi.checkpoints import resolve_model_path  # noqa: PLC0415
-
-        path = resolve_model_path("smollm2-135m-instruct")
-        hf_dir, gguf, checkpoint = str(path.parent), path.name, "smollm2-135m-instruct"
-        batch, length, output = args.batch_size or 8, args.length or 256, args.output or DEFAULT_OUTPUT
-        warmup, repeats = args.warmup, args.repeats
-        deadline = time.time() + 600
-        while os.getloadavg()[0] > args.quiet_load and time.time() < deadline:
-            time.sleep(10)
-    work = Workload(checkpoint, hf_dir, gguf, batch, length, args.learning_rate, warmup, repeats)
+    tiny = args.config == "tiny"  # random tiny weights written as a HF directory, which both sides load
+    source = (model_sources.random_weight_source("tiny", 0, pathlib.Path(tmp.name) / "tiny") if tiny
+              else model_sources.checkpoint_source("smollm2-135m-instruct"))
+    if not tiny:
+        common.wait_for_quiet(args.quiet_load, timeout_s=600, poll_s=10)
+    work = Workload("tiny" if tiny else "smollm2-135m-instruct", source.hf_directory, source.gguf_file,
+                    args.batch_size or (2 if tiny else 8), args.length or (32 if tiny else 256), args.learning_rate,
+                    1 if tiny else args.warmup, min(args.repeats, 2) if tiny else args.repeats)
+    output = args.output or (None if tiny else DEFAULT_OUTPUT)
     load_before = os.getloadavg()[0]
-    sides = ({"ours": OursTrainStep}
-             | ({"ours_autodiff": functools.partial(OursTrainStep, custom_grads=False)} if args.autodiff_side else {})
-             | ({} if args.no_reference else {"pytorch": TorchTrainStep}))
+    sides = ({"ours": ours.OursTrainStep}
+             | ({"ours_autodiff": functools.partial(ours.OursTrainStep, custom_grads=False)} if args.autodiff_side
+                else {})
+             | ({} if args.no_reference else {"pytorch": peers.TorchTrainStep}))
     with contextlib.ExitStack() as stack:
         start = time.perf_counter()
         handles = {name: stack.enter_context(common.SideProcess(factory, work)) for name, factory in sides.items()}
         setup_s = time.perf_counter() - start
         # A step right after the other process's step ran 10-25% slower than one right after its own, on both
         # sides (measured here), so each timed step follows an untimed one of its own side.
-        timings = common.time_interleaved({name: functools.partial(handle.call, "run_once")
-                                           for name, handle in handles.items()},
-                                          warmup=max(work.warmup - 1, 0), repeats=work.repeats,
-                                          settle={name: functools.partial(handle.call, "settle")
-                                                  for name, handle in handles.items()})
+        timings = common.time_sides(handles, warmup=max(work.warmup - 1, 0), repeats=work.repeats, settle=True)
         peak_flops = args.peak_flops or handles["ours"].call("matmul_peak")  # measured where XLA runs
         results = {}
         for name, handle in handles.items():
             results[name] = handle.call("finish")
             results[name]["process_peak_rss_bytes"] = handle.close()
     tokens_per_step = work.batch_size * work.length
-    ours, theirs = results["ours"], results.get("pytorch")
+    mine, theirs = results["ours"], results.get("pytorch")
     for name, side in results.items():
         side["timing"] = timings[name]
         side["tokens_per_s"] = tokens_per_step / side["timing"]["median_s"]
         side["tokens_per_s_range"] = common.throughput(tokens_per_step, side["timing"])
-        side["mfu"] = ours["flops_per_token"] * side["tokens_per_s"] / peak_flops
-    ours["achieved_flops_per_s"] = ours["flops_per_token"] * ours["tokens_per_s"]
-    ours["peak_flops_per_s"] = peak_flops
+        side["mfu"] = mine["flops_per_token"] * side["tokens_per_s"] / peak_flops
+    mine["achieved_flops_per_s"] = mine["flops_per_token"] * mine["tokens_per_s"]
+    mine["peak_flops_per_s"] = peak_flops
     record: dict[str, Any] = {
         "benchmark": "trainer",
         "workload": dataclasses.asdict(work),
-        "ours": ours,
+        "ours": mine,
         "load_average_1min_before": load_before,
         "setup_s_both_processes": setup_s,
         "environment": common.environment_info(PACKAGES, ENV_VARS),
     }
     if "ours_autodiff" in results:  # what the hand-written backward passes buy on this backend
         record["ours_autodiff"] = results["ours_autodiff"]
-        record["custom_grads_speedup"] = ours["tokens_per_s"] / results["ours_autodiff"]["tokens_per_s"]
+        record["custom_grads_speedup"] = mine["tokens_per_s"] / results["ours_autodiff"]["tokens_per_s"]
     if theirs is not None:
         record["pytorch"] = theirs
-        record["speedup_tokens_per_s"] = ours["tokens_per_s"] / theirs["tokens_per_s"]
-        record["first_step_loss_difference"] = abs(ours["first_step_loss"] - theirs["first_step_loss"])
+        record["speedup_tokens_per_s"] = mine["tokens_per_s"] / theirs["tokens_per_s"]
+        record["first_step_loss_difference"] = abs(mine["first_step_loss"] - theirs["first_step_loss"])
         # What the dense GEMMs alone allow: a step of nothing but XLA's matmuls, against PyTorch's whole step.
-        record["speedup_ceiling_from_gemm_floor"] = (tokens_per_step / ours["dense_gemm_floor"]["seconds"]
+        record["speedup_ceiling_from_gemm_floor"] = (tokens_per_step / mine["dense_gemm_floor"]["seconds"]
                                                      / theirs["tokens_per_s"])
     rows = [[name, side["tokens_per_s"], side["mfu"], side["first_step_loss"]] for name, side in results.items()]
-    print(common.format_table(["side", "tokens/s", "MFU", "first loss"], rows))
+    print(common.table(["side", "tokens/s", "MFU", "first loss"], rows))
     if theirs is not None:
         print(f"speedup: {record['speedup_tokens_per_s']:.2f}x (at most "
               f"{record['speedup_ceiling_from_gemm_floor']:.2f}x if our step were only its dense GEMMs)")
     if output is not None:
-        common.write_json(output, record)
+        write_json_atomic(output, record)
         print(f"wrote {output}")
     tmp.cleanup()
     return record

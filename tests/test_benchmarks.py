@@ -1,6 +1,6 @@
 """The benchmarks' own checks, on their tiny configs: the alternating timer the side-by-side benchmarks rely on, the
-trainer's GEMM accounting, and a smoke run of each benchmark (sampler, trainer, decode paths, and their GPU variants
-run on the CPU).
+trainer's GEMM accounting, the sampler's prompts (built by lsi.tasks), and a smoke run of each benchmark (sampler,
+trainer, decode paths, and their GPU variants run on the CPU).
 
 The sampler benchmarks run as their own commands, as a user would run them; the result JSON must describe a run in
 which both sides did the same work.
@@ -69,6 +69,24 @@ def test_gpu_sampler_benchmark_smoke(tmp_path):
     assert floor["ideal_tokens_per_s"] > 0 and floor["our_layout_bytes_all_steps"] >= floor["bytes_read_all_steps"]
     assert 0 < record["fraction_of_ideal"]["whole_call"] and record["fraction_of_ideal"]["decode_only"] is None
     assert record["peak_memory_mib"]["ours_process_rss"] > 0
+
+
+class _WordVocab:
+    """One id per whitespace-separated word: enough to measure a prompt's length."""
+
+    def encode(self, text):
+        return [len(word) for word in text.split()]
+
+
+def test_sampler_prompts_are_lsi_few_shot_cot_prompts_of_gsm8k():
+    from benchmarks import sampler
+
+    texts, sources = sampler.cot_prompts(3, exemplars_per_prompt=4)
+    # Each prompt: 4 of the 8 exemplars (a different window each), then its own question.
+    assert len(set(texts)) == 3 and len(sources) == 3
+    assert all(text.count("Q: ") == 5 and text.endswith("\nA:") for text in texts)
+    ids, source = sampler.long_cot_prompt(_WordVocab(), target_tokens=1500)
+    assert 1200 < len(ids) <= 1500 and source.startswith("gsm8k exemplars")
 
 
 def test_time_interleaved_alternates_sides_and_settles_each_timed_call_outside_the_timing():
