@@ -1,7 +1,11 @@
 """Majority voting: ties, unparseable samples, single paths, equal answers written differently."""
 
+import random
+
+import pytest
+
 from lsi.self_improve.voting import vote_answers
-from lsi.tasks.answers import parse_answer
+from lsi.tasks.answers import answers_equal, parse_answer
 
 
 def test_majority_and_agreeing_paths():
@@ -56,3 +60,35 @@ def test_nli_and_yes_no_labels():
                                                  "The answer is it's not possible to tell."]]
     assert vote_answers(answers, "nli").answer == "it is not possible to tell"
     assert vote_answers(["yes", "no", "no"], "yes_no").answer == "no"
+
+
+def _pairwise_vote(answers, answer_type):
+    """The vote by its definition: each answer joins the first group whose first answer `answers_equal` it."""
+    groups = []
+    for index, answer in enumerate(answers):
+        if answer is None:
+            continue
+        group = next((g for g in groups if answers_equal(g[0], answer, answer_type)), None)
+        if group is None:
+            groups.append((answer, [index]))
+        else:
+            group[1].append(index)
+    if not groups:
+        return None, ()
+    best = max(len(members) for _, members in groups)
+    representative, members = next(g for g in groups if len(g[1]) == best)
+    return representative, tuple(members)
+
+
+@pytest.mark.parametrize("answer_type, pool", [
+    # Numbers within the relative tolerance of 1e-6 of each other, written several ways, and junk.
+    ("number", ["1000000", "1,000,000", "1000000.5", "1000001.5", "1e6", "999999.2", "7", "7.0", "-7", "x", None]),
+    ("option", ["(a)", "A", "b", "(B)", "c", "z", None]),
+    ("drop", ["Puerto Rican", "puerto rican", "34", "34.0", "thirty", None]),
+])
+def test_the_keyed_vote_equals_the_pairwise_definition(answer_type, pool):
+    rng = random.Random(0)
+    for _ in range(400):
+        answers = [rng.choice(pool) for _ in range(rng.randint(1, 12))]
+        vote = vote_answers(answers, answer_type)
+        assert (vote.answer, vote.agreeing) == _pairwise_vote(answers, answer_type), answers

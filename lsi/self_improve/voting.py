@@ -22,7 +22,7 @@ from lsi.self_improve.manifest import (
     write_manifest,
 )
 from lsi.self_improve.sampling import load_pool, read_samples
-from lsi.tasks.answers import answers_equal
+from lsi.tasks.answers import answer_key, answers_equal, keys_equal
 
 if TYPE_CHECKING:
     from lsi.tasks.base import Task
@@ -50,15 +50,21 @@ class Vote:
 def vote_answers(answers: Sequence[str | None], answer_type: str) -> Vote:
     """The majority answer of `answers` (one per sample, None when unparseable)."""
     groups: list[tuple[str, list[int]]] = []  # (representative, sample indices), in first-seen order
+    group_keys: list[tuple[str | None, str]] = []  # each representative's answer_key
+    group_of: dict[tuple[str | None, str], int] = {}  # an answer_key seen before -> its group
     for index, answer in enumerate(answers):
         if answer is None:
             continue
-        for representative, members in groups:
-            if answers_equal(representative, answer, answer_type):
-                members.append(index)
-                break
-        else:
-            groups.append((answer, [index]))
+        key = answer_key(answer, answer_type)
+        if key not in group_of:
+            # The first group whose representative equals it (groups are only appended, so this stays the first).
+            found = next((g for g, rep in enumerate(group_keys) if keys_equal(rep, key, answer_type)), None)
+            if found is None:
+                found = len(groups)
+                groups.append((answer, []))
+                group_keys.append(key)
+            group_of[key] = found
+        groups[group_of[key]][1].append(index)
     num_parsed = sum(len(members) for _, members in groups)
     if not groups:
         return Vote(None, 0, 0, len(answers), False, ())

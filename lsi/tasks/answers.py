@@ -82,6 +82,7 @@ from __future__ import annotations
 
 import decimal
 import fractions
+import functools
 import re
 from typing import Any
 
@@ -657,8 +658,25 @@ def canonicalize(answer: Any, answer_type: str) -> str | None:
         if not kind.numeric_inputs or answer != answer or answer in (float("inf"), float("-inf")):
             return None
         return format_number(fractions.Fraction(str(answer)))
-    text = str(answer).strip()
-    return kind.canonical_text(text) if text else None
+    return _canonical_text(str(answer).strip(), answer_type)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _canonical_text(text: str, answer_type: str) -> str | None:
+    # Cached: self-consistency scoring compares the same few answers many times (every subset of every question).
+    return get_answer_type(answer_type).canonical_text(text) if text else None
+
+
+def answer_key(answer: str, answer_type: str) -> tuple[str | None, str]:
+    """(canonical form or None, the answer as lower-case text): what `keys_equal` compares, computed once."""
+    return canonicalize(answer, answer_type), str(answer).strip().lower()
+
+
+def keys_equal(a: tuple[str | None, str], b: tuple[str | None, str], answer_type: str) -> bool:
+    """`answers_equal` on two `answer_key`s: canonical forms by the type's equality, else the texts."""
+    if a[0] is None or b[0] is None:
+        return a[1] == b[1]
+    return get_answer_type(answer_type).equal(a[0], b[0])
 
 
 def normalize_gold(answer: Any, answer_type: str) -> str:
@@ -674,13 +692,9 @@ def answers_equal(a: str | None, b: str | None, answer_type: str) -> bool:
     """Whether two answers (canonical or as written) are the same answer: numbers numerically within a relative
     tolerance of 1e-6 ("1,000" == "1000.0"), labels by canonical form, DROP spans by normalized text. None equals
     nothing, not even None."""
-    kind = get_answer_type(answer_type)
     if a is None or b is None:
         return False
-    ca, cb = canonicalize(a, answer_type), canonicalize(b, answer_type)
-    if ca is None or cb is None:
-        return str(a).strip().lower() == str(b).strip().lower()
-    return kind.equal(ca, cb)
+    return keys_equal(answer_key(a, answer_type), answer_key(b, answer_type), answer_type)
 
 
 def display_answer(answer: Any, answer_type: str) -> str:
