@@ -2,12 +2,14 @@
 
 import setuptools
 
+# The JAX stack's floors are the versions CI runs the tests with: older releases are untested (their APIs moved often:
+# optax.tree, flax's nn.scan methods, orbax's checkpoint manager), so an install never resolves to one nobody ran.
 INSTALL_REQUIRES = [
-    "jax>=0.4.35",
-    "flax>=0.10.0",
-    "optax>=0.2.3",
-    "orbax-checkpoint>=0.6.0",
-    "seqio>=0.0.19",
+    "jax>=0.10.2",
+    "flax>=0.12.8",
+    "optax>=0.2.8",
+    "orbax-checkpoint>=0.12.8",
+    "seqio>=0.0.20",
     "tensorflow>=2.16",
     "tensorflow-text>=2.16",
     "tensorflow-datasets>=4.9",

@@ -57,7 +57,7 @@ STEPS_12 = ("lsi.TrainConfig.steps = 12", "lsi.OptimizerConfig.total_steps = 12"
 ADAFACTOR_RECIPE = ("lsi.FormatStageConfig.formats = 'zero_shot'", "lsi.VoteStageConfig.min_vote_share = 0.7",
                     "lsi.OptimizerConfig.name = 'adafactor'", "lsi.OptimizerConfig.learning_rate = 3e-5")
 # Arms that sample their own pool (its size) or train more than one round; the others share the pool's samples.
-ARM_POOL_SIZE = {"pool480_adafactor": 480}
+ARM_POOL_SIZE = {"pool320_adafactor": 320}
 ARM_ROUNDS = {"two_rounds_adafactor": 2}
 
 # Each arm: (what it tests, gin bindings on top of the quickstart's). The quickstart itself is "paper".
@@ -101,8 +101,8 @@ ARMS: dict[str, tuple[str, tuple[str, ...]]] = {
                                 "lsi.TrainConfig.lora = @lsi.LoraConfig()",
                                 "lsi.LoraConfig.targets = ('query', 'key', 'value', 'out', 'gate', 'up', 'down')",
                                 "lsi.OptimizerConfig.learning_rate = 3e-4")),
-    "pool480_adafactor": ("the Adafactor arm on a pool of 480 questions (3x), 36 steps (the same ~1.3 epochs)",
-                          (*ADAFACTOR_RECIPE, "lsi.TrainConfig.steps = 36", "lsi.OptimizerConfig.total_steps = 36")),
+    "pool320_adafactor": ("the Adafactor arm on a pool of 320 questions (2x), 24 steps (the same ~1.3 epochs)",
+                          (*ADAFACTOR_RECIPE, "lsi.TrainConfig.steps = 24", "lsi.OptimizerConfig.total_steps = 24")),
     "two_rounds_adafactor": ("the Adafactor arm, then a second round: round 1's model samples the pool again, "
                              "votes, and is fine-tuned once more", ADAFACTOR_RECIPE),
     "zero_shot_lr3e_5": ("zero-shot formats, AdamW at 3e-5",

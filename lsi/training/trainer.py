@@ -43,8 +43,8 @@ BATCH_AXES = ("batch", "length")
 
 
 def global_norm(tree: Any) -> jax.Array:
-    """The L2 norm of all leaves together (float32 []); written out because optax 0.2.3, which setup.py allows, has
-    no `optax.tree`, and later ones deprecate `optax.global_norm`."""
+    """The L2 norm of all leaves together (float32 []); written out because `optax.global_norm` is deprecated and
+    `optax.tree` is missing from the optax releases users on older JAX pin."""
     return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree)))
 
 
