@@ -390,6 +390,15 @@ def add_comparison_flags(parser: argparse.ArgumentParser, default_output: pathli
                         help="XLA_FLAGS for our side's processes (appended to the inherited ones); needs isolation")
 
 
+def add_timing_flags(parser: argparse.ArgumentParser, repeats: int, seed_help: str) -> None:
+    """How each side is timed and seeded, and whether the reference side runs (every side-by-side benchmark)."""
+    parser.add_argument("--repeats", type=int, default=repeats, help="timed calls per side (default: %(default)s)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed calls per side before timing")
+    parser.add_argument("--seed", type=int, default=0, help=seed_help)
+    parser.add_argument("--no_reference", "--no-reference", dest="reference", action="store_false",
+                        help="skip the transformers side")
+
+
 def check_comparison_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if args.xla_flags and not args.isolate:
         parser.error("--xla_flags needs a fresh process for our side; drop --no_isolate.")

@@ -86,11 +86,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     common.add_comparison_flags(parser, DEFAULT_OUTPUT)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--length", type=int, default=512)
-    parser.add_argument("--repeats", type=int, default=3, help="timed calls per side (default: %(default)s)")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed calls per side before timing")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the token batch (and of random weights)")
-    parser.add_argument("--no_reference", "--no-reference", dest="reference", action="store_false",
-                        help="skip the transformers side")
+    common.add_timing_flags(parser, repeats=3, seed_help="seed of the token batch (and of random weights)")
     parser.add_argument("--wait_quiet", "--wait-quiet", type=float, default=0.0, metavar="SECONDS",
                         help=f"after loading, wait up to SECONDS for a 1-min load average < {QUIET_LOAD} before timing")
     args = parser.parse_args(argv)

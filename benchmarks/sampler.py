@@ -247,11 +247,7 @@ def add_workload_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--new_tokens", type=int, default=None, help="tokens sampled per sample")
     parser.add_argument("--temperature", type=float, default=0.7)
     parser.add_argument("--top_k", type=int, default=40)
-    parser.add_argument("--repeats", type=int, default=2, help="timed calls per side (default: %(default)s)")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed calls per side before timing")
-    parser.add_argument("--seed", type=int, default=0, help="sampling seed (and seed of random weights/prompts)")
-    parser.add_argument("--no_reference", "--no-reference", dest="reference", action="store_false",
-                        help="skip the transformers side")
+    common.add_timing_flags(parser, repeats=2, seed_help="sampling seed (and seed of random weights/prompts)")
     parser.add_argument("--no_breakdown", "--no-breakdown", dest="breakdown", action="store_false",
                         help="skip the prefill/decode breakdown of both sides")
 
