@@ -35,14 +35,7 @@ from matplotlib.figure import Figure
 from lsi import metrics
 from lsi.io_utils import read_jsonl, write_bytes_atomic, write_text_atomic
 from lsi.records import Prediction, PseudoLabel, read_records
-from lsi.run_layout import (
-    BASE_TAG,
-    DATA_STAGES,
-    RunLayout,
-    round_tag,
-    stage_round,
-    tag_stage,
-)
+from lsi.run_layout import BASE_TAG, DATA_STAGES, RunLayout, round_tag, stage_round, tag_stage
 
 MODES = ("standard", "cot_greedy", "self_consistency", "zero_shot_cot")  # lsi.evaluation.MODES, without jax
 MODE_NAMES = {"standard": "Standard", "cot_greedy": "CoT (greedy)", "self_consistency": "Self-consistency",

@@ -117,8 +117,8 @@ def gold_check(labels: Sequence[PseudoLabel], pool: Sequence[Example], answer_ty
 
 def cell_results(directory: pathlib.Path, answer_type: str, config: ScreenConfig) -> dict[str, Any]:
     """One cell's measures, from its predictions (paired by question)."""
-    greedy = load_predictions(directory / "cot_greedy" / "predictions.jsonl")
-    voted = load_predictions(directory / "self_consistency" / "predictions.jsonl")
+    greedy = load_predictions(directory / "cot_greedy" / Prediction.FILE)
+    voted = load_predictions(directory / "self_consistency" / Prediction.FILE)
     if [r.id for r in greedy] != [r.id for r in voted]:
         raise ValueError(f"{directory}: greedy and self-consistency predictions cover different questions.")
     path_right = [[_right(s.answer, r, answer_type) for s in r.samples] for r in voted]

@@ -17,13 +17,7 @@ import time
 from typing import Any, Iterator, Sequence
 
 from lsi.records import PseudoLabel
-from lsi.self_improve.manifest import (
-    MANIFEST_FILE,
-    file_output,
-    file_sha256,
-    stage_manifest,
-    write_manifest,
-)
+from lsi.self_improve.manifest import MANIFEST_FILE, file_output, file_sha256, stage_manifest, write_manifest
 from lsi.self_improve.voting import read_pseudo_labels
 from lsi.tasks.base import Example, Task
 from lsi.tasks.prompt_style import PLAIN, Prompter

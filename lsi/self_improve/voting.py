@@ -15,12 +15,7 @@ import time
 from typing import TYPE_CHECKING, Sequence
 
 from lsi.records import KeptPath, PseudoLabel, SampleRecord, read_records, write_records
-from lsi.self_improve.manifest import (
-    MANIFEST_FILE,
-    file_output,
-    stage_manifest,
-    write_manifest,
-)
+from lsi.self_improve.manifest import MANIFEST_FILE, file_output, stage_manifest, write_manifest
 from lsi.self_improve.sampling import load_pool, read_samples
 from lsi.tasks.answers import answer_key, answers_equal, keys_equal
 
