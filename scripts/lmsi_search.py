@@ -181,15 +181,15 @@ def compare(base: dict[str, list[bool]], arm: dict[str, list[bool]]) -> dict[str
     return rows
 
 
-def vote_summary(run_dir: pathlib.Path, setting: str, pool_size: int = 160) -> dict[str, Any]:
-    """Round 1's vote counts and how many kept labels and paths are right (scored against the pool's gold)."""
+def vote_summary(run_dir: pathlib.Path, setting: str, pool_size: int = 160, round_index: int = 1) -> dict[str, Any]:
+    """A round's vote counts and how many kept labels and paths are right (scored against the pool's gold)."""
     from lsi.screen import gold_check  # noqa: PLC0415
     from lsi.self_improve.voting import read_pseudo_labels  # noqa: PLC0415
     from lsi.tasks import get_task  # noqa: PLC0415
 
     layout = RunLayout(run_dir)
-    counts = json.loads((layout.stage_dir(1, TASK, "votes") / "manifest.json").read_text())["counts"]
-    check = gold_check(read_pseudo_labels(layout.pseudo_labels(1, TASK)),
+    counts = json.loads((layout.stage_dir(round_index, TASK, "votes") / "manifest.json").read_text())["counts"]
+    check = gold_check(read_pseudo_labels(layout.pseudo_labels(round_index, TASK)),
                        get_task(TASK, **task_kwargs(setting, pool_size)).load_pool(), "number")
     precision = check["label_precision"]
     return {**counts, "label_precision": precision["value"] if precision else None,
@@ -262,6 +262,8 @@ def run_arm(work: pathlib.Path, name: str, setting: str) -> dict[str, Any]:
     train = json.loads((layout.train_dir(rounds) / "manifest.json").read_text())
     return {"description": description, "gin": list(bindings), "pool_size": pool_size, "rounds": rounds,
             "vote": vote_summary(run_dir, setting, pool_size),
+            **({"later_rounds_vote": [vote_summary(run_dir, setting, pool_size, r) for r in range(2, rounds + 1)]}
+               if rounds > 1 else {}),
             "train": {"steps": train["counts"]["steps"], "final_metrics": train.get("final_metrics")},
             "wall_s": time.perf_counter() - start}
 
