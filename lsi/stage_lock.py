@@ -41,7 +41,7 @@ def _holder(path: pathlib.Path) -> dict | None:
     try:
         return json.loads(path.read_text())
     except (FileNotFoundError, json.JSONDecodeError):
-        return None  # released meanwhile, or a holder killed mid-write (an empty file)
+        return None  # released meanwhile, or not written by `_try_create` (which never shows a partial record)
 
 
 def _is_stale(holder: dict | None) -> bool:
@@ -51,6 +51,23 @@ def _is_stale(holder: dict | None) -> bool:
 
 
 def _try_create(path: pathlib.Path, record: dict) -> bool:
+    """Creates `path` holding `record`, or returns False if it exists. The record is written to a private file first
+    and hard-linked into place, so the lock never exists without its holder: a lock created empty and filled after
+    would read as stale to a second process that looks in between, and both would write the stage."""
+    private = path.with_name(f"{path.name}.{os.getpid()}.{id(record)}.tmp")
+    private.write_text(json.dumps(record))
+    try:
+        os.link(private, path)
+    except FileExistsError:
+        return False
+    except OSError:  # a filesystem without hard links: exclusive create, then fill (the window above reopens)
+        return _create_exclusive(path, record)
+    finally:
+        private.unlink()
+    return True
+
+
+def _create_exclusive(path: pathlib.Path, record: dict) -> bool:
     try:
         fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
     except FileExistsError:

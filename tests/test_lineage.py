@@ -17,6 +17,7 @@ from lsi.stage_lock import StageLockedError, lock_path, stage_lock
 from lsi.tasks.base import Example, Task
 from lsi.tasks.prompt_style import Prompter
 from lsi.vocab import load_vocabulary
+from tests.helpers.runs import REPO
 from tests.helpers.toy import toy_task
 from tests.test_self_improve_data import _write_samples
 
@@ -130,6 +131,26 @@ def test_a_held_lock_names_its_holder_and_a_dead_holders_lock_is_taken_over(tmp_
     with pytest.raises(StageLockedError, match="on host another-host .*remove .*.train.lock"):
         with stage_lock(directory, "train"):
             pass
+
+
+def test_a_lock_is_never_seen_without_its_holder(tmp_path):
+    """Another process takes and releases the lock in a loop; every read of the lock file finds the holder's whole
+    record. A lock that could be seen empty would read as stale, and a second writer would take it over."""
+    directory = tmp_path / "round_1" / "train"
+    loop = ("import sys; from lsi.stage_lock import stage_lock\n"
+            "for _ in range(3000):\n"
+            "    with stage_lock(sys.argv[1], 'train'): pass\n")
+    writer = subprocess.Popen([sys.executable, "-c", loop, str(directory)], cwd=REPO)
+    seen = 0
+    while writer.poll() is None:
+        try:
+            text = lock_path(directory).read_text()
+        except FileNotFoundError:
+            continue
+        assert json.loads(text)["pid"] == writer.pid, f"a lock file without its whole holder: {text!r}"
+        seen += 1
+    assert writer.returncode == 0 and seen > 0
+    assert not list(directory.parent.iterdir())  # neither the lock nor its private copy is left
 
 
 def test_guarded_claims_under_the_lock(tmp_path):
