@@ -1,4 +1,4 @@
-"""Tokenizers as `seqio.Vocabulary`: SentencePiece models through seqio's own class, the rest through HF `tokenizers`.
+"""Tokenizers with seqio's Vocabulary contract, without TensorFlow: HF `tokenizers`, and SentencePiece models.
 
 `load_vocabulary(path_or_name)` takes a packaged model name (`smollm2-135m-instruct`), a .gguf file (its embedded
 tokenizer), a tokenizer.json, a SentencePiece .model file, or a Hugging Face directory, and caches the result.
@@ -11,6 +11,11 @@ vocabulary, None for SentencePiece ones.
 Ids and seqio: seqio pads every sequence with 0 and treats 0 as padding in its feature converters, so `pad_id` is 0
 whatever the model calls its own padding token. In SmolLM2 id 0 is `<|endoftext|>`, which the model never needs inside
 a target; in GPT-2/Qwen2 vocabularies id 0 is "!", which seqio would then also mask out of loss weights.
+
+No TensorFlow here: sampling, evaluation and the library API tokenize in Python, and importing TF costs seconds and
+fills the log. The vocabularies follow seqio's contract (`encode`, `decode` stopping at EOS, `vocab_size`, `pad_id`
+0) in plain Python; stages that build SeqIO tasks wrap them with `lsi.seqio_vocab.as_seqio_vocabulary`, which adds
+the tf.data side (`encode_tf`, `decode_tf`, `prepend_bos_preprocessor`).
 """
 
 from __future__ import annotations
@@ -27,15 +32,14 @@ from typing import Any, Callable
 
 import gguf
 import numpy as np
-import seqio
-import tensorflow as tf
+import sentencepiece
 import tokenizers
 from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers, processors
 
+from lsi.chat_template import ChatTemplate, ChatTemplateError, normalize_templates, render_chat, select_template
 from lsi.checkpoints.gguf_file import open_gguf
 from lsi.checkpoints.layout import CheckpointError
 from lsi.checkpoints.registry import resolve_model_path
-from lsi.chat_template import ChatTemplate, ChatTemplateError, normalize_templates, render_chat, select_template
 from lsi.io_utils import write_text_atomic
 
 log = logging.getLogger(__name__)
@@ -56,6 +60,8 @@ _CHAT_TEMPLATE_DIR = "additional_chat_templates"
 _PROCESSOR_CHAT_TEMPLATE = "chat_template.json"
 # The special tokens transformers hands a chat template as variables (`bos_token`, ...), in its order.
 SPECIAL_TOKEN_NAMES = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
+# seqio's padding id (seqio.vocabularies.PAD_ID), fixed whatever the model calls its own padding token.
+PAD_ID = 0
 
 
 class VocabularyError(ValueError):
@@ -121,8 +127,8 @@ def _gguf_chat_templates(fields: dict[str, Any]) -> dict[str, str]:
     return templates
 
 
-class HfTokenizerVocabulary(seqio.Vocabulary):
-    """A HF `tokenizers.Tokenizer` behind seqio's Vocabulary contract.
+class HfTokenizerVocabulary:
+    """A HF `tokenizers.Tokenizer` behind seqio's Vocabulary contract (in Python; `lsi.seqio_vocab` adds tf.data).
 
     Encoding never adds BOS/EOS (seqio appends EOS itself; `add_bos` tells prompt builders whether the model wants BOS).
     Special tokens written in the text, like `<|im_start|>`, encode to their ids. `detokenize` is the exact inverse of
@@ -145,7 +151,6 @@ class HfTokenizerVocabulary(seqio.Vocabulary):
         chat_template: ChatTemplate | None = None,
         special_tokens: Mapping[str, str] | None = None,
     ):
-        super().__init__(extra_ids=0)  # seqio's sentinels are for span corruption, which no decoder-only LM here uses
         self._tokenizer = tokenizer
         self._bos_id, self._eos_id, self._unk_id = bos_id, eos_id, unk_id
         self._source = source
@@ -254,7 +259,7 @@ class HfTokenizerVocabulary(seqio.Vocabulary):
             special_tokens={name: tokens[i] for name, i in ids.items() if i is not None},
         )
 
-    # ----- seqio.Vocabulary -----
+    # ----- seqio's Vocabulary contract (no extra ids: seqio's sentinels are for span corruption, unused here) -----
 
     @property
     def bos_id(self) -> int | None:
@@ -269,49 +274,28 @@ class HfTokenizerVocabulary(seqio.Vocabulary):
         return self._unk_id
 
     @property
-    def _base_vocab_size(self) -> int:
+    def pad_id(self) -> int:
+        return PAD_ID
+
+    @property
+    def vocab_size(self) -> int:
         return self._tokenizer.get_vocab_size(with_added_tokens=True)
 
-    def _encode(self, s: str) -> list[int]:
+    def encode(self, s: str) -> list[int]:
+        """`s` as ids, without BOS or EOS."""
         return self._tokenizer.encode(s, add_special_tokens=False).ids
 
-    def _decode(self, ids: Iterable[int]) -> str:
-        ids = [int(i) for i in ids]
+    def decode(self, ids: Iterable[int]) -> str:
+        """seqio's decode: ids past the vocabulary become `unk_id`, the text stops before the first EOS, and padding
+        is dropped when id 0 is a special token."""
+        ids, size = _id_list(ids), self.vocab_size
+        if self._unk_id is not None:
+            ids = [self._unk_id if i >= size else i for i in ids]
         if self._eos_id in ids:
             ids = ids[: ids.index(self._eos_id)]
         if self._pad_is_special:
             ids = [i for i in ids if i != self.pad_id]
         return self.detokenize(ids)
-
-    def _encode_tf(self, s: tf.Tensor) -> tf.Tensor | tf.RaggedTensor:
-        """A string scalar -> int32 [length]; strings of shape [d0, ..., dk] -> ragged int32 [d0, ..., dk, (length)]."""
-        s = tf.convert_to_tensor(s, tf.string)
-        values, row_splits = tf.numpy_function(
-            self._encode_rows_np, [tf.reshape(s, [-1])], [tf.int32, tf.int64], stateful=False
-        )
-        values.set_shape([None])
-        if s.shape.rank == 0:
-            return values  # one row: its ids are all the values
-        row_splits.set_shape([None])
-        ids = tf.RaggedTensor.from_row_splits(values, row_splits, validate=False)
-        shape = tf.shape(s, out_type=tf.int64)
-        for axis in range(s.shape.rank - 1, 0, -1):
-            ids = tf.RaggedTensor.from_uniform_row_length(ids, shape[axis], validate=False)
-        return ids
-
-    def _decode_tf(self, ids: tf.Tensor | tf.RaggedTensor) -> tf.Tensor | tf.RaggedTensor:
-        """int [..., length] (dense or ragged) -> strings [...]: each innermost row decoded like `_decode`."""
-        if isinstance(ids, tf.RaggedTensor):
-            if ids.values.shape.rank == 1:
-                return self._decode_rows_tf(ids.values, ids.row_splits)
-            return ids.with_values(self._decode_tf(ids.values))
-        ids = tf.convert_to_tensor(ids)
-        shape = tf.shape(ids, out_type=tf.int64)
-        num_rows = tf.reduce_prod(shape[:-1])
-        strings = self._decode_rows_tf(tf.reshape(ids, [-1]), tf.range(num_rows + 1) * shape[-1])
-        strings = tf.reshape(strings, shape[:-1])
-        strings.set_shape(ids.shape[:-1])
-        return strings
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, HfTokenizerVocabulary) and self._identity == other._identity
@@ -395,11 +379,11 @@ class HfTokenizerVocabulary(seqio.Vocabulary):
     ) -> list[int]:
         """`apply_chat_template`'s text as ids, as transformers gives them with `tokenize=True`: the text encoded
         without adding special tokens (a template that wants BOS writes `bos_token` itself)."""
-        return self._encode(self.apply_chat_template(messages, add_generation_prompt, template_name, **kwargs))
+        return self.encode(self.apply_chat_template(messages, add_generation_prompt, template_name, **kwargs))
 
     @property
     def tokenizer(self) -> tokenizers.Tokenizer:
-        """The wrapped HF tokenizer, for what seqio has no word for (offsets, vocabulary listing)."""
+        """The wrapped HF tokenizer, for what the Vocabulary contract has no word for (offsets, vocabulary listing)."""
         return self._tokenizer
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
@@ -456,21 +440,6 @@ class HfTokenizerVocabulary(seqio.Vocabulary):
             template = tuple(sorted(template.items()))
         specials = tuple(sorted(self._special_tokens.items()))
         return digest, self._bos_id, self._eos_id, self._unk_id, template, specials
-
-    def _encode_rows_np(self, strings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        rows = self.encode_batch([s.decode("utf-8") for s in strings])
-        values = np.fromiter((i for row in rows for i in row), np.int32)
-        row_splits = np.cumsum([0] + [len(row) for row in rows], dtype=np.int64)
-        return values, row_splits
-
-    def _decode_rows_tf(self, values: tf.Tensor, row_splits: tf.Tensor) -> tf.Tensor:
-        strings = tf.numpy_function(self._decode_rows_np, [values, row_splits], tf.string, stateful=False)
-        strings.set_shape([None])
-        return strings
-
-    def _decode_rows_np(self, values: np.ndarray, row_splits: np.ndarray) -> np.ndarray:
-        rows = (values[start:end] for start, end in zip(row_splits[:-1], row_splits[1:]))
-        return np.array([self._decode(row).encode("utf-8") for row in rows], dtype=object)
 
 
 def _byte_level_bpe(
@@ -607,57 +576,131 @@ def _read_json(path: pathlib.Path) -> dict[str, Any]:
         raise VocabularyError(f"{path}: not valid JSON: {e}") from e
 
 
-def load_vocabulary(path_or_name: str | os.PathLike) -> seqio.Vocabulary:
+class SentencePieceVocabulary:
+    """A SentencePiece .model file behind seqio's Vocabulary contract, with `seqio.SentencePieceVocabulary`'s ids and
+    text (no extra ids), through the `sentencepiece` package alone; `lsi.seqio_vocab` hands seqio its own class over
+    the same file for tf.data. BOS is never prepended (`add_bos` is False), as seqio's own models are trained."""
+
+    def __init__(self, model_file: str | os.PathLike):
+        self._model_file = pathlib.Path(model_file)
+        self._model = self._model_file.read_bytes()
+        self._processor = self._load_processor()
+
+    def _load_processor(self) -> sentencepiece.SentencePieceProcessor:
+        try:
+            return sentencepiece.SentencePieceProcessor(model_proto=self._model)
+        except Exception as e:  # sentencepiece raises bare RuntimeError/OSError for a bad proto
+            raise VocabularyError(f"{self._model_file}: not a readable SentencePiece model: {e}") from e
+
+    def __getstate__(self) -> dict[str, Any]:
+        """gin deep-copies vocabularies it passes as arguments; the processor is rebuilt from the model bytes."""
+        return {key: value for key, value in self.__dict__.items() if key != "_processor"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._processor = self._load_processor()
+
+    @property
+    def model_file(self) -> pathlib.Path:
+        return self._model_file
+
+    @property
+    def tokenizer(self) -> sentencepiece.SentencePieceProcessor:
+        """The SentencePiece processor (seqio's name for it)."""
+        return self._processor
+
+    @property
+    def add_bos(self) -> bool:
+        return False
+
+    @property
+    def bos_id(self) -> int | None:
+        return self._processor.bos_id()
+
+    @property
+    def eos_id(self) -> int | None:
+        return self._processor.eos_id()
+
+    @property
+    def unk_id(self) -> int | None:
+        return self._processor.unk_id()
+
+    @property
+    def pad_id(self) -> int:
+        return PAD_ID
+
+    @property
+    def vocab_size(self) -> int:
+        return self._processor.GetPieceSize()
+
+    def encode(self, s: str) -> list[int]:
+        """`s` as ids, without BOS or EOS."""
+        return self._processor.EncodeAsIds(s)
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """seqio's decode: ids past the vocabulary become `unk_id`, and the text stops at the first EOS (kept in the
+        ids, as seqio keeps it; SentencePiece writes control tokens as nothing)."""
+        unk_id, size, eos_id = self.unk_id, self.vocab_size, self.eos_id
+        ids = [unk_id if i >= size else i for i in _id_list(ids)]
+        if eos_id in ids:
+            ids = ids[: ids.index(eos_id) + 1]
+        return self._processor.DecodeIds(ids)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, SentencePieceVocabulary) and self._model == other._model
+
+    def __hash__(self) -> int:
+        return hash(self._model)
+
+    def __repr__(self) -> str:
+        return f"SentencePieceVocabulary({self._model_file}, size={self.vocab_size})"
+
+
+# What `load_vocabulary` returns.
+Vocabulary = HfTokenizerVocabulary | SentencePieceVocabulary
+
+
+def load_vocabulary(path_or_name: str | os.PathLike) -> Vocabulary:
     """The vocabulary of a packaged model name, a .gguf file, a tokenizer.json, a SentencePiece .model file, or a
     Hugging Face directory (tokenizer.json or tokenizer.model inside). Cached per resolved path: GGUFs take seconds."""
     return _load_resolved(resolve_model_path(path_or_name).resolve())
 
 
 @functools.lru_cache(maxsize=None)
-def _load_resolved(path: pathlib.Path) -> seqio.Vocabulary:
+def _load_resolved(path: pathlib.Path) -> Vocabulary:
     if path.is_dir():
         if (path / TOKENIZER_JSON).is_file():
             return HfTokenizerVocabulary.from_directory(path)
         if (path / SENTENCEPIECE_MODEL).is_file():
-            return _sentencepiece(path / SENTENCEPIECE_MODEL)
+            return SentencePieceVocabulary(path / SENTENCEPIECE_MODEL)
         raise FileNotFoundError(f"{path} holds no tokenizer: expected {TOKENIZER_JSON} or {SENTENCEPIECE_MODEL} in it")
     if path.suffix == ".gguf":
         return HfTokenizerVocabulary.from_gguf(path)
     if path.suffix == ".json":
         return HfTokenizerVocabulary.from_file(path)
     if path.suffix == ".model":
-        return _sentencepiece(path)
+        return SentencePieceVocabulary(path)
     raise VocabularyError(
         f"{path}: unknown tokenizer format; expected a .gguf file, a tokenizer.json, a SentencePiece .model file, "
         f"or a directory holding {TOKENIZER_JSON} or {SENTENCEPIECE_MODEL}"
     )
 
 
-def chat_template_of(vocab: seqio.Vocabulary) -> ChatTemplate | None:
-    """The chat template a vocabulary carries, or None (always for seqio's SentencePiece vocabularies, which have
-    no place for one): lets callers choose a prompt style without knowing the vocabulary's class."""
-    return vocab.chat_template if isinstance(vocab, HfTokenizerVocabulary) else None
+def chat_template_of(vocab: Any) -> ChatTemplate | None:
+    """The chat template a vocabulary carries (ours, or its SeqIO adapter), or None (always for SentencePiece
+    vocabularies, which have no place for one): lets callers choose a prompt style without knowing the class."""
+    return getattr(vocab, "chat_template", None)
 
 
-def _sentencepiece(path: pathlib.Path) -> seqio.SentencePieceVocabulary:
-    """seqio's own SentencePiece vocabulary, loaded now so that a bad file fails here, naming itself."""
-    vocab = seqio.SentencePieceVocabulary(str(path))
-    try:
-        vocab.load_model()
-    except Exception as e:  # protobuf and sentencepiece raise their own, unrelated error types
-        raise VocabularyError(f"{path}: not a readable SentencePiece model: {e}") from e
-    return vocab
-
-
-def bos_to_prepend(vocab: seqio.Vocabulary) -> int | None:
-    """The BOS id that model inputs start with, or None when the tokenizer adds no BOS (SmolLM2, Qwen2; seqio's
-    SentencePiece vocabularies, as seqio's own models are trained)."""
+def bos_to_prepend(vocab: Any) -> int | None:
+    """The BOS id that model inputs start with, or None when the tokenizer adds no BOS (SmolLM2, Qwen2; SentencePiece
+    vocabularies, as seqio's own models are trained). `vocab`: ours, or any seqio.Vocabulary."""
     if not getattr(vocab, "add_bos", False) or vocab.bos_id is None:
         return None
     return int(vocab.bos_id)
 
 
-def encode_model_input(vocab: seqio.Vocabulary, text: str) -> list[int]:
+def encode_model_input(vocab: Any, text: str) -> list[int]:
     """`text` as model input ids: BOS first exactly when the tokenizer adds it, and never twice (a chat template
     such as Llama 3's writes BOS itself)."""
     ids = list(vocab.encode(text))
@@ -667,17 +710,9 @@ def encode_model_input(vocab: seqio.Vocabulary, text: str) -> list[int]:
     return ids
 
 
-def prepend_bos_preprocessor(dataset: tf.data.Dataset, output_features: dict[str, seqio.Feature]) -> tf.data.Dataset:
-    """A seqio preprocessor (after tokenize): `encode_model_input`'s BOS rule on the "inputs" feature."""
-    bos = bos_to_prepend(output_features["inputs"].vocabulary)
-    if bos is None:
-        return dataset
-
-    def prepend(example: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
-        inputs = example["inputs"]  # int [length]
-        bos_first = tf.constant([bos], inputs.dtype)
-        starts_with_bos = tf.reduce_any(tf.equal(inputs[:1], bos_first))  # False for empty inputs
-        inputs = tf.cond(starts_with_bos, lambda: inputs, lambda: tf.concat([bos_first, inputs], axis=0))
-        return {**example, "inputs": inputs}
-
-    return dataset.map(prepend, num_parallel_calls=tf.data.AUTOTUNE)
+def _id_list(ids: Iterable[int]) -> list[int]:
+    """Ids as Python ints from a list or an array (numpy, JAX, an eager TF tensor), converted whole: iterating a
+    tensor makes one scalar tensor per id, hundreds of times slower."""
+    if hasattr(ids, "__array__"):
+        return np.asarray(ids).tolist()
+    return [int(i) for i in ids]

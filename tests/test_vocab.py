@@ -11,14 +11,15 @@ import shutil
 
 import gguf
 import pytest
-import seqio
 import sentencepiece
+import seqio
 import tensorflow as tf
 import tokenizers
 from tokenizers import pre_tokenizers
 
 from lsi.checkpoints import registry
-from lsi.vocab import HfTokenizerVocabulary, VocabularyError, load_vocabulary
+from lsi.seqio_vocab import SeqioHfVocabulary, as_seqio_vocabulary
+from lsi.vocab import HfTokenizerVocabulary, SentencePieceVocabulary, VocabularyError, load_vocabulary
 
 MODEL = "smollm2-135m-instruct"
 EOS, PAD = 2, 0  # SmolLM2: <|im_end|>; seqio's padding id (<|endoftext|> in SmolLM2)
@@ -225,6 +226,7 @@ def test_decode_follows_seqio(vocab, texts):
 
 
 def test_encode_tf_and_decode_tf(vocab):
+    vocab = as_seqio_vocabulary(vocab)  # tf.data needs the SeqIO side
     text = "Q: 3 cars + 2 cars?\nA: The answer is 5. 😀"
     ids = vocab.encode(text)
     assert vocab.encode_tf(tf.constant(text)).numpy().tolist() == ids
@@ -239,6 +241,7 @@ def test_encode_tf_and_decode_tf(vocab):
 
 
 def test_tf_data_map_and_seqio_tokenize(vocab, texts):
+    vocab = as_seqio_vocabulary(vocab)
     sample = _without_eos_or_pad(texts)[:40]
     dataset = tf.data.Dataset.from_tensor_slices({"targets": sample})
     tokenized = seqio.preprocessors.tokenize(dataset, {"targets": seqio.Feature(vocab)}, with_eos=True)
@@ -248,6 +251,25 @@ def test_tf_data_map_and_seqio_tokenize(vocab, texts):
     assert [s.decode() for s in decoded.as_numpy_iterator()] == sample
     mapped = tf.data.Dataset.from_tensor_slices(sample).map(vocab.encode_tf, num_parallel_calls=4)
     assert [ids.tolist() for ids in mapped.as_numpy_iterator()] == vocab.encode_batch(sample)
+
+
+def test_seqio_side_equals_the_plain_vocabulary(vocab, texts):
+    """The SeqIO adapter gives the plain vocabulary's ids and text through seqio's own `decode`, forwards what
+    prompt builders read, and pickles and compares by the vocabulary it wraps."""
+    adapter = as_seqio_vocabulary(vocab)
+    assert isinstance(adapter, seqio.Vocabulary) and isinstance(adapter, SeqioHfVocabulary)
+    assert as_seqio_vocabulary(adapter) is adapter and adapter.vocabulary is vocab
+    assert [adapter.encode(t) for t in texts] == vocab.encode_batch(texts)
+    ids = vocab.encode("The answer is 6.")
+    for row in (ids, ids + [EOS] + ids, [PAD, *ids, PAD], ids + [vocab.vocab_size + 3], *map(vocab.encode, texts)):
+        assert adapter.decode(row) == vocab.decode(row)
+    assert (adapter.vocab_size, adapter.pad_id, adapter.eos_id, adapter.bos_id) == (
+        vocab.vocab_size, vocab.pad_id, vocab.eos_id, vocab.bos_id)
+    assert adapter.add_bos == vocab.add_bos and adapter.chat_template == vocab.chat_template
+    copy = pickle.loads(pickle.dumps(adapter))
+    assert copy == adapter and hash(copy) == hash(adapter) and copy.encode("hi 12") == vocab.encode("hi 12")
+    with pytest.raises(TypeError, match="neither a vocabulary of lsi.vocab"):
+        as_seqio_vocabulary(vocab.tokenizer)
 
 
 def test_pickles_and_compares(vocab):
@@ -341,11 +363,19 @@ def test_sentencepiece_model_goes_through_seqio(tmp_path):
         sentence_iterator=iter(lines), model_prefix=str(tmp_path / "sp"), vocab_size=32, minloglevel=2
     )
     vocab = load_vocabulary(tmp_path / "sp.model")
-    assert isinstance(vocab, seqio.SentencePieceVocabulary)
+    assert isinstance(vocab, SentencePieceVocabulary)  # the sentencepiece package alone, no TensorFlow
+    reference = as_seqio_vocabulary(vocab)
+    assert isinstance(reference, seqio.SentencePieceVocabulary)
     text = "the dog sat on a mat"
     ids = vocab.encode(text)
     assert vocab.decode(ids) == text and vocab.decode(ids + [vocab.eos_id] + ids) == text
-    assert vocab.encode_tf(tf.constant(text)).numpy().tolist() == ids
+    assert reference.encode_tf(tf.constant(text)).numpy().tolist() == ids
+    assert [vocab.encode(line) for line in lines[:200]] == [reference.encode(line) for line in lines[:200]]
+    for row in (ids, ids + [vocab.eos_id] + ids, [0, *ids, 0], ids + [vocab.vocab_size + 5], [vocab.bos_id, *ids]):
+        assert vocab.decode(row) == reference.decode(row)
+    assert (vocab.bos_id, vocab.eos_id, vocab.unk_id, vocab.pad_id, vocab.vocab_size) == (
+        reference.bos_id, reference.eos_id, reference.unk_id, reference.pad_id, reference.vocab_size)
+    assert not vocab.add_bos and pickle.loads(pickle.dumps(vocab)) == vocab
     (tmp_path / "hf").mkdir()
     shutil.copy(tmp_path / "sp.model", tmp_path / "hf" / "tokenizer.model")
     assert load_vocabulary(tmp_path / "hf").encode(text) == ids

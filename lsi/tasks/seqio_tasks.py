@@ -19,15 +19,16 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from typing import Any
 
 import seqio
 import tensorflow as tf
 
+from lsi.seqio_vocab import as_seqio_vocabulary, prepend_bos_preprocessor
 from lsi.tasks import answers
 from lsi.tasks.base import Example, Task
 from lsi.tasks.prompt_style import Prompter
 from lsi.tasks.prompting import DIRECT_ANSWER_PREFIX, PromptFormat, plain_answer_sentence
-from lsi.vocab import prepend_bos_preprocessor
 
 SPLITS = ("pool", "eval")
 
@@ -62,10 +63,11 @@ def example_features(task: Task, examples: Sequence[Example], fmt: PromptFormat 
     }
 
 
-def register_seqio_task(task: Task, vocabulary: seqio.Vocabulary, fmt: PromptFormat | str = "few_shot_cot",
+def register_seqio_task(task: Task, vocabulary: Any, fmt: PromptFormat | str = "few_shot_cot",
                         split: str | Sequence[str] = SPLITS, prompter: Prompter | None = None) -> str:
     """Registers `task` in format `fmt` as SeqIO Task `lsi_{task}_{fmt}` (replacing one of that name) with the
-    splits `split` (one name or several; default pool and eval), and returns the name."""
+    splits `split` (one name or several; default pool and eval), and returns the name. `vocabulary`: an lsi.vocab
+    vocabulary (`load_vocabulary`) or a seqio.Vocabulary."""
     fmt = PromptFormat(fmt)
     prompter = prompter or Prompter.for_vocabulary(vocabulary)
     splits = (split,) if isinstance(split, str) else tuple(split)
@@ -84,6 +86,7 @@ def register_seqio_task(task: Task, vocabulary: seqio.Vocabulary, fmt: PromptFor
 
     if name in seqio.TaskRegistry.names():
         seqio.TaskRegistry.remove(name)
+    vocabulary = as_seqio_vocabulary(vocabulary)
     seqio.TaskRegistry.add(
         name,
         source=seqio.FunctionDataSource(dataset_fn, splits=splits),
