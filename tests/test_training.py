@@ -104,7 +104,8 @@ def test_iterator_is_deterministic_resumable_and_reshuffles_epochs():
     assert not np.array_equal(next(other_seed)["tokens"], batches[0]["tokens"])
 
 
-def _seqio_task(directory, name="test_training_seqio_source"):
+def _seqio_task(directory, name="test_training_seqio_source", pairs=(("What is 1 + 2?", "The answer is 3."),
+                                                                       ("What is 2 + 2?", "The answer is 4."))):
     import tensorflow as tf
 
     from lsi.self_improve.formats import register_formatted_task
@@ -113,7 +114,7 @@ def _seqio_task(directory, name="test_training_seqio_source"):
     vocab = load_vocabulary("smollm2-135m-instruct")
     directory.mkdir(parents=True, exist_ok=True)
     with tf.io.TFRecordWriter(str(directory / "examples-00000-of-00001.tfrecord")) as writer:
-        for q, a in [("What is 1 + 2?", "The answer is 3."), ("What is 2 + 2?", "The answer is 4.")]:
+        for q, a in pairs:
             feature = {k: tf.train.Feature(bytes_list=tf.train.BytesList(value=[v.encode()]))
                        for k, v in (("inputs", q), ("targets", a))}
             writer.write(tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString())
@@ -135,6 +136,124 @@ def test_seqio_task_source(tmp_path):
     mask = batch["loss_mask"][0][batch["segment_ids"][0] == 1]
     assert vocab.decode(first[mask == 0].tolist()) == "What is 1 + 2?"
     assert first[-1] == vocab.eos_id and vocab.decode(first[mask == 1][:-1].tolist()) == "The answer is 3."
+
+
+def _tagged_tasks(sizes: dict[str, int], first_ids: dict[str, int]) -> dict[str, list]:
+    """{task: examples}; each example's first input token is its own id (task's first id + index), so a packed
+    segment names the example it holds."""
+    rng = np.random.default_rng(7)
+
+    def example(first_token: int) -> tuple[list[int], np.ndarray]:
+        return [first_token, *rng.integers(3, 300, rng.integers(0, 12))], rng.integers(3, 300, rng.integers(1, 6))
+
+    return {task: [example(first_ids[task] + i) for i in range(size)] for task, size in sizes.items()}
+
+
+def _stream_ids(batches) -> list[int]:
+    """The first token of every packed example, in stream order (rows, then segments)."""
+    ids = []
+    for batch in batches:
+        for tokens, segments in zip(batch["tokens"], batch["segment_ids"]):
+            ids += [int(tokens[np.argmax(segments == s)]) for s in range(1, segments.max() + 1)]
+    return ids
+
+
+def _assert_same_batches(got_batches, expected_batches):
+    for got, expected in zip(got_batches, expected_batches, strict=True):
+        for k in expected:
+            np.testing.assert_array_equal(got[k], expected[k])
+
+
+def test_rated_mixture_draws_tasks_at_their_rates_and_walks_each_tasks_passes():
+    from lsi.training.data import TaskMixture
+
+    tasks = _tagged_tasks({"a": 40, "b": 40}, {"a": 1000, "b": 2000})
+    data = PackedBatches(TaskMixture(tasks, {"a": 3.0, "b": 1.0}), batch_size=4, seq_length=LENGTH, seed=1,
+                         eos_id=EOS)
+    assert data.rated and data.tasks == ("a", "b")
+    ids = _stream_ids(next(data) for _ in range(80))
+    from_a = [i for i in ids if i < 2000]
+    # Each example draws its task independently: a's share is binomial(n, 0.75); 4 standard deviations.
+    assert abs(len(from_a) / len(ids) - 0.75) < 4 * np.sqrt(0.75 * 0.25 / len(ids)) and len(ids) > 500
+    np.testing.assert_array_equal(data.examples_per_task(), [len(from_a), len(ids) - len(from_a)])
+    record = data.mixture_record()
+    assert record["sampling"] == "rates" and record["batches"] == 80
+    assert record["tasks"]["a"] == {"rate": 3.0, "share": 0.75, "examples": 40, "consumed": len(from_a)}
+    # Within a task, every pass holds each of its examples once, in a new order each pass.
+    passes = [from_a[i:i + 40] for i in range(0, len(from_a) - 39, 40)]
+    assert len(passes) >= 5 and all(sorted(p) == list(range(1000, 1040)) for p in passes)
+    assert passes[0] != passes[1]
+
+
+@pytest.mark.parametrize("rates", [{"a": 45.0, "b": 15.0}, {"a": 3.0, "b": 1.0}])
+def test_rates_proportional_to_sizes_keep_the_union_stream(rates):
+    from lsi.training.data import TaskMixture
+
+    tasks = _tagged_tasks({"a": 45, "b": 15}, {"a": 1000, "b": 2000})
+    mixture = PackedBatches(TaskMixture(tasks, rates), batch_size=4, seq_length=LENGTH, seed=3, eos_id=EOS)
+    union = PackedBatches(tasks["a"] + tasks["b"], batch_size=4, seq_length=LENGTH, seed=3, eos_id=EOS)
+    assert not mixture.rated and "rates" not in mixture.get_state() and mixture.stats == union.stats
+    _assert_same_batches([next(mixture) for _ in range(30)], [next(union) for _ in range(30)])
+    assert mixture.mixture_record()["sampling"] == "union" and union.mixture_record() is None
+
+
+def test_rated_mixture_resumes_exactly():
+    from lsi.training.data import TaskMixture
+
+    mixture = TaskMixture(_tagged_tasks({"a": 12, "b": 30}, {"a": 1000, "b": 2000}), {"a": 2.0, "b": 1.0})
+    data = PackedBatches(mixture, batch_size=4, seq_length=LENGTH, seed=5, eos_id=EOS)
+    batches = [next(data) for _ in range(25)]  # several epochs; task a makes several passes in each
+    state = json.loads(json.dumps(data.get_state()))  # as a checkpoint stores it
+    assert state["rates"] == {"a": 2.0, "b": 1.0}
+    resumed = PackedBatches(mixture, batch_size=4, seq_length=LENGTH, seed=5, eos_id=EOS)
+    resumed.set_state({**state, "position": 9})
+    _assert_same_batches([next(resumed) for _ in range(16)], batches[9:])
+    started_late = PackedBatches(mixture, batch_size=4, seq_length=LENGTH, seed=5, eos_id=EOS, position=17)
+    _assert_same_batches([next(started_late) for _ in range(8)], batches[17:])
+    other_rates = PackedBatches(TaskMixture(mixture.examples, {"a": 1.0, "b": 2.0}), batch_size=4,
+                                seq_length=LENGTH, seed=5, eos_id=EOS)
+    with pytest.raises(ValueError, match="drawn with mixture rates"):
+        other_rates.set_state(state)
+    union = PackedBatches(TaskMixture(mixture.examples, {"a": 12.0, "b": 30.0}), batch_size=4, seq_length=LENGTH)
+    with pytest.raises(ValueError, match="drawn with mixture rates"):
+        union.set_state(state)
+
+
+@pytest.mark.parametrize("rate", [0.0, -1.0, float("nan"), float("inf")])
+def test_mixture_rates_must_be_finite_and_positive(rate, tmp_path):
+    from lsi.self_improve.formats import register_mixture
+    from lsi.training.data import TaskMixture
+
+    with pytest.raises(ValueError, match=r"Mixture task 'b' has rate .*a rate must be a finite number > 0"):
+        TaskMixture({"a": [([5], [6])], "b": [([7], [8])]}, {"a": 1.0, "b": rate})
+    with pytest.raises(ValueError, match=r"Mixture task 'test_rate_b' has rate"):
+        register_mixture("test_training_bad_rates", {"test_rate_a": tmp_path, "test_rate_b": tmp_path},
+                         {"test_rate_a": 1.0, "test_rate_b": rate})
+
+
+def test_seqio_mixture_is_read_task_by_task_with_its_rates(tmp_path):
+    """Every example of every task (a SeqIO mixture's own dataset stops at its first exhausted task), weights kept."""
+    from lsi.self_improve.formats import register_mixture
+    from lsi.training.data import load_seqio_mixture
+
+    dirs = {}
+    for task, count in (("test_training_mix_a", 10), ("test_training_mix_b", 3)):
+        _seqio_task(tmp_path / task, task, [(f"{task} question {i}?", f"answer {i}.") for i in range(count)])
+        (tmp_path / task / "manifest.json").write_text(json.dumps({"counts": {"examples": count}}))
+        dirs[task] = tmp_path / task
+    by_size = register_mixture("test_training_mix_by_size", dirs)
+    read = load_seqio_mixture(by_size)
+    assert {task: len(examples) for task, examples in read.examples.items()} == {"test_training_mix_a": 10,
+                                                                                 "test_training_mix_b": 3}
+    assert read.rates == {"test_training_mix_a": 10.0, "test_training_mix_b": 3.0}
+    assert len(load_seqio_examples(by_size)) == 13
+    union = PackedBatches([e for examples in read.examples.values() for e in examples], batch_size=2, seq_length=64)
+    mixture = PackedBatches(by_size, batch_size=2, seq_length=64)
+    _assert_same_batches([next(mixture) for _ in range(6)], [next(union) for _ in range(6)])
+    rated = PackedBatches(register_mixture("test_training_mix_rated", dirs, {"test_training_mix_a": 1.0,
+                                                                            "test_training_mix_b": 1.0}),
+                          batch_size=2, seq_length=64)
+    assert rated.rated and rated.mixture_record()["tasks"]["test_training_mix_b"]["share"] == 0.5
 
 
 # --- train step: sharding and accumulation ----------------------------------------------------------------------
