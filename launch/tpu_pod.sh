@@ -4,7 +4,7 @@
 #   launch/tpu_pod.sh [--dry-run] --tpu=NAME --zone=ZONE [--project=PROJECT] --run_dir=DIR -- LSI_MAIN_ARGS...
 #
 # Example (Table 3, GSM8K, on a v4-1024 slice):
-#   launch/tpu_pod.sh --tpu=lmsi-v4-1024 --zone=us-central2-b --run_dir=/mnt/shared/lmsi/table3_gsm8k -- \
+#   launch/tpu_pod.sh --tpu=lmsi-v4-1024 --zone=us-central2-b --run_dir=gs://lmsi-runs/table3_gsm8k -- \
 #       --gin_file=gin_configs/runs/table3_gsm8k.gin --stage=self_improve --stage=report
 #
 # Every worker runs, through `gcloud compute tpus tpu-vm ssh NAME --zone ZONE --worker=all --command=...`:
@@ -19,9 +19,10 @@
 #   --zone=ZONE       its zone                                      [TPU_ZONE]
 #   --project=ID      Google Cloud project (default: gcloud's)      [TPU_PROJECT]
 #   --run_dir=DIR     the experiment's run directory. Every host writes its sample shards there and reads the
-#                     others' files, so it must be one filesystem all workers mount at the same path: Filestore /
-#                     NFS, or a gcsfuse mount of a bucket (`gcsfuse BUCKET /mnt/shared` on every worker). lsi
-#                     writes with pathlib, so a bare gs:// URL is refused.                           [LSI_RUN_DIR]
+#                     others' files, so it must be one place all workers reach under the same name: a GCS URL
+#                     (gs://BUCKET/PATH: lsi reads and writes it through etils.epath, Orbax and TensorFlow, see
+#                     docs/architecture.md for what GCS guarantees), or an absolute path on a filesystem every
+#                     worker mounts at that path (Filestore / NFS, a gcsfuse mount).                [LSI_RUN_DIR]
 #   --dry-run         print the gcloud command instead of running it
 #   --                everything after it goes to lsi.main unchanged (--gin_file, --gin_param, --stage, ...)
 # Environment on the workers:
@@ -63,12 +64,14 @@ done
 [[ -n "$zone" ]] || { echo "tpu_pod.sh: --zone=ZONE (or TPU_ZONE) is required." >&2; usage; }
 [[ -n "$run_dir" ]] || { echo "tpu_pod.sh: --run_dir=DIR (or LSI_RUN_DIR) is required." >&2; usage; }
 case "$run_dir" in
-  gs://*)
-    echo "tpu_pod.sh: run_dir '$run_dir' is a gs:// URL; mount the bucket with gcsfuse on every worker and pass" \
-      "the mount path." >&2
+  gs://?*/?*) ;;
+  gs://*) echo "tpu_pod.sh: run_dir '$run_dir' must name a bucket and a folder in it: gs://BUCKET/PATH." >&2
+    exit 2 ;;
+  *://*) echo "tpu_pod.sh: run_dir '$run_dir': of object stores only gs:// is supported." >&2
     exit 2 ;;
   /*) ;;
-  *) echo "tpu_pod.sh: run_dir '$run_dir' must be an absolute path on a filesystem every worker mounts." >&2
+  *) echo "tpu_pod.sh: run_dir '$run_dir' must be a gs:// URL or an absolute path on a filesystem every worker" \
+      "mounts." >&2
     exit 2 ;;
 esac
 check_run_dir_quotable tpu_pod.sh "$run_dir"

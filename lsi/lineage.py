@@ -15,16 +15,18 @@ The code version (lsi's version and git commit) is recorded but not compared: a 
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import functools
 import hashlib
 import json
 import os
 import pathlib
-import shutil
 import subprocess
 from typing import Any, Iterable, Mapping
 
-from lsi.io_utils import write_json_atomic
+from etils import epath
+
+from lsi.io_utils import as_path, files_under, is_local, write_json_atomic
 from lsi.self_improve.manifest import MANIFEST_FILE, file_sha256, package_versions
 
 LINEAGE_FILE = "lineage.json"
@@ -50,19 +52,20 @@ def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
 
 
 def fingerprint_file(path: str | os.PathLike) -> str:
+    if not is_local(path):  # an object store's mtime has whole seconds: too coarse a cache key, so hash every time
+        return file_sha256(path)
     stat = os.stat(path)
     return _file_sha256(str(path), stat.st_size, stat.st_mtime_ns)
 
 
 def fingerprint_path(path: str | os.PathLike) -> str:
     """A file's sha256, or a directory's: sha256 over its files' relative names and sha256s (sorted)."""
-    path = pathlib.Path(path)
-    if path.is_file():
-        return fingerprint_file(path)
+    path = as_path(path)
     if not path.is_dir():
-        raise FileNotFoundError(f"Cannot fingerprint {path}: no such file or directory.")
-    files = sorted(p for p in path.rglob("*") if p.is_file())
-    return fingerprint_json({str(p.relative_to(path)): fingerprint_file(p) for p in files})
+        if not path.exists():
+            raise FileNotFoundError(f"Cannot fingerprint {path}: no such file or directory.")
+        return fingerprint_file(path)
+    return fingerprint_json({name: fingerprint_file(path / name) for name in files_under(path)})
 
 
 def fingerprint_model(path_or_name: str | os.PathLike) -> str:
@@ -133,7 +136,7 @@ def _short(value: Any) -> str:
 
 
 def read_lineage(directory: str | os.PathLike) -> dict[str, Any] | None:
-    path = pathlib.Path(directory) / LINEAGE_FILE
+    path = as_path(directory) / LINEAGE_FILE
     return json.loads(path.read_text()) if path.exists() else None
 
 
@@ -142,7 +145,7 @@ def claim(directory: str | os.PathLike, lineage: Lineage, restart: bool = False,
     """Makes `directory` the output of `lineage` before the stage writes there. Returns "new" (empty or cleared: run
     from scratch) or "same" (same lineage: keep and resume). Work of another lineage raises LineageError, unless
     `replace_changed` (then it is removed first); `restart` removes whatever is there, same lineage or not."""
-    directory = pathlib.Path(directory)
+    directory = as_path(directory)
     previous = read_lineage(directory)
     has_files = directory.exists() and any(directory.iterdir())
     if previous is not None and not restart:
@@ -161,7 +164,7 @@ def claim(directory: str | os.PathLike, lineage: Lineage, restart: bool = False,
             f"{directory} holds files but no {LINEAGE_FILE}, so what they were made from is unknown (an older lsi, or "
             f"files copied in). Rerun with --restart_stage={lineage.stage} to replace them, or use a new run_dir.")
     if has_files:
-        shutil.rmtree(directory)
+        directory.rmtree()
     write_json_atomic(directory / LINEAGE_FILE, {**lineage.as_dict(), "code": code_version()})
     return "new"
 
@@ -169,27 +172,29 @@ def claim(directory: str | os.PathLike, lineage: Lineage, restart: bool = False,
 TEMPORARY_PATTERNS = ("*.tmp", "*.orbax-checkpoint-tmp*")  # lsi's atomic writes; Orbax's unfinished saves
 
 
-def remove_temporary_files(directory: pathlib.Path) -> list[pathlib.Path]:
+def remove_temporary_files(directory: str | os.PathLike) -> list[epath.Path]:
     """Removes what a killed writer left half-written in a claimed directory (the lock makes them nobody's)."""
-    found = sorted({p for pattern in TEMPORARY_PATTERNS for p in directory.rglob(pattern)}, reverse=True)
+    directory = as_path(directory)
+    found = sorted({root / name for root, dirs, files in directory.walk() for name in [*dirs, *files]
+                    if any(fnmatch.fnmatch(name, pattern) for pattern in TEMPORARY_PATTERNS)}, reverse=True)
     for path in found:
         if path.is_dir():
-            shutil.rmtree(path, ignore_errors=True)
+            path.rmtree(missing_ok=True)
         elif path.exists():
-            path.unlink()
+            path.unlink(missing_ok=True)
     return found
 
 
 def output_fingerprints(directory: str | os.PathLike, names: Iterable[str]) -> dict[str, dict[str, str]]:
     """{name: {"sha256": ...}} for the named files (or directories) under `directory`: a manifest's "outputs"."""
-    directory = pathlib.Path(directory)
+    directory = as_path(directory)
     return {name: {"sha256": fingerprint_path(directory / name)} for name in sorted(names)}
 
 
 def upstream_fingerprint(directory: str | os.PathLike, stage: str) -> str:
     """The fingerprint of an upstream stage's complete output, after checking that its manifest exists and that every
     output it records is still there with its recorded sha256."""
-    directory = pathlib.Path(directory)
+    directory = as_path(directory)
     manifest_path = directory / MANIFEST_FILE
     if not manifest_path.exists():
         raise LineageError(f"{directory} has no {MANIFEST_FILE}: the {stage} stage has not completed there. Run "

@@ -33,7 +33,7 @@ from typing import Any, Callable, Sequence
 from matplotlib.figure import Figure
 
 from lsi import metrics
-from lsi.io_utils import read_jsonl, write_bytes_atomic, write_text_atomic
+from lsi.io_utils import as_path, read_jsonl, write_bytes_atomic, write_text_atomic
 from lsi.records import Prediction, PseudoLabel, read_records
 from lsi.run_layout import BASE_TAG, DATA_STAGES, RunLayout, round_tag, stage_round, tag_stage
 
@@ -49,7 +49,7 @@ PLOT_FILES = ("calibration.png", "accuracy_vs_m.png", "temperature.png", "traini
 def read_json(path: str | os.PathLike) -> Any:
     """A JSON file's value; malformed JSON is a ValueError naming the file, line and column."""
     try:
-        return json.loads(pathlib.Path(path).read_text(encoding="utf-8"))
+        return json.loads(as_path(path).read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}: malformed JSON ({e.msg} at line {e.lineno}, column {e.colno}).") from None
 
@@ -334,7 +334,7 @@ def before_after_rows(evals: Sequence[EvalRun]) -> tuple[list[str], list[list[st
 def format_before_after(run_dir: str | os.PathLike) -> str:
     """The console table of `make demo`: accuracy before and after self-improvement per task and mode, each with its
     95% Wilson interval and N, then the paired change per mode."""
-    evals = load_evals(pathlib.Path(run_dir))
+    evals = load_evals(as_path(run_dir))
     if not evals:
         return f"No evaluation in {run_dir}/eval yet."
     header, rows = before_after_rows(evals)
@@ -621,7 +621,7 @@ def render_report(run: RunData, figures: dict[str, str]) -> str:
 def write_report(run_dir: str | os.PathLike, output_dir: str | os.PathLike | None = None) -> pathlib.Path:
     """Writes report.md and its figures (default folder: run_dir/report); returns report.md's path."""
     run = load_run(run_dir)
-    output_dir = pathlib.Path(output_dir) if output_dir is not None else RunLayout(run.run_dir).report_dir
+    output_dir = as_path(output_dir) if output_dir is not None else RunLayout(run.run_dir).report_dir
     builders = {
         "calibration.png": (calibration_data(run.evals), calibration_figure),
         "accuracy_vs_m.png": (accuracy_at_m_data(run.evals), accuracy_at_m_figure),

@@ -14,10 +14,12 @@ notebooks, scripts and test helpers read through it.
 from __future__ import annotations
 
 import dataclasses
-import pathlib
 import re
 from typing import Any
 
+from etils import epath
+
+from lsi.io_utils import as_path
 from lsi.records import Prediction, PseudoLabel
 
 DATA_STAGES = ("samples", "votes", "formats")  # a round's per-task stage folders, in pipeline order
@@ -59,39 +61,39 @@ class RunLayout:
     """The paths of one run folder (`RunLayout("runs/quickstart")`). Pure: nothing is created, and only `rounds` and
     `round_tasks` look at the disk."""
 
-    root: pathlib.Path
-    config_gin: pathlib.Path = _derived()  # the operative gin config of the last invocation
-    summary: pathlib.Path = _derived()  # self_improve's before/after summary
-    report_dir: pathlib.Path = _derived()
-    screen_dir: pathlib.Path = _derived()
-    questions_dir: pathlib.Path = _derived()  # self-generated questions (Table 6)
-    exemplars_dir: pathlib.Path = _derived()  # self-generated exemplar templates (Figure 3)
-    eval_root: pathlib.Path = _derived()  # eval/<tag>/<task>/
+    root: epath.Path
+    config_gin: epath.Path = _derived()  # the operative gin config of the last invocation
+    summary: epath.Path = _derived()  # self_improve's before/after summary
+    report_dir: epath.Path = _derived()
+    screen_dir: epath.Path = _derived()
+    questions_dir: epath.Path = _derived()  # self-generated questions (Table 6)
+    exemplars_dir: epath.Path = _derived()  # self-generated exemplar templates (Figure 3)
+    eval_root: epath.Path = _derived()  # eval/<tag>/<task>/
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "root", pathlib.Path(self.root))
+        object.__setattr__(self, "root", as_path(self.root))  # local, or an object store (gs://bucket/run)
         for name, relative in _RUN_PATHS.items():
             object.__setattr__(self, name, self.root / relative)
 
     # --- rounds ---
-    def round_dir(self, round_index: int) -> pathlib.Path:
+    def round_dir(self, round_index: int) -> epath.Path:
         if round_index < 1:
             raise ValueError(f"Rounds count from 1, got {round_index}.")
         return self.root / f"round_{round_index}"
 
-    def stage_dir(self, round_index: int, task: str, stage: str) -> pathlib.Path:
+    def stage_dir(self, round_index: int, task: str, stage: str) -> epath.Path:
         """round_<r>/<task>/<stage>, stage one of DATA_STAGES."""
         if stage not in DATA_STAGES:
             raise ValueError(f"A round's data stage is one of {DATA_STAGES}, got {stage!r}.")
         return self.round_dir(round_index) / task / stage
 
-    def pseudo_labels(self, round_index: int, task: str) -> pathlib.Path:
+    def pseudo_labels(self, round_index: int, task: str) -> epath.Path:
         return self.stage_dir(round_index, task, "votes") / PseudoLabel.FILE
 
-    def train_dir(self, round_index: int) -> pathlib.Path:
+    def train_dir(self, round_index: int) -> epath.Path:
         return self.round_dir(round_index) / "train"
 
-    def trained_model(self, round_index: int) -> pathlib.Path:
+    def trained_model(self, round_index: int) -> epath.Path:
         """Round r's fine-tuned model, exported as a Hugging Face checkpoint."""
         return self.train_dir(round_index) / "hf"
 
@@ -107,11 +109,11 @@ class RunLayout:
         return sorted(p.name for p in directory.iterdir() if p.is_dir() and p.name != "train")
 
     # --- evaluations ---
-    def eval_dir(self, tag: str, task: str) -> pathlib.Path:
+    def eval_dir(self, tag: str, task: str) -> epath.Path:
         return self.eval_root / tag / task
 
-    def predictions(self, tag: str, task: str, mode: str) -> pathlib.Path:
+    def predictions(self, tag: str, task: str, mode: str) -> epath.Path:
         return self.eval_dir(tag, task) / mode / Prediction.FILE
 
-    def eval_metrics(self, tag: str, task: str) -> pathlib.Path:
+    def eval_metrics(self, tag: str, task: str) -> epath.Path:
         return self.eval_dir(tag, task) / "metrics.json"

@@ -18,13 +18,14 @@ rewritten from the cells' predictions at the end.
 from __future__ import annotations
 
 import dataclasses
+import io
 import pathlib
 from typing import Any, Callable, Sequence
 
 from lsi import metrics
 from lsi.batch_decoding import LoadedModel
 from lsi.evaluation import EvalConfig, evaluate, load_predictions
-from lsi.io_utils import write_json_atomic
+from lsi.io_utils import as_path, write_bytes_atomic, write_json_atomic
 from lsi.records import Prediction, PseudoLabel
 from lsi.sampling_methods import SamplingMethod, Temperature, with_temperature
 from lsi.tasks.answers import answers_equal
@@ -148,7 +149,7 @@ def run_screen(tasks: Sequence[Task], config: ScreenConfig, output_dir: str | pa
                sample_cell: Callable[[Task, str, float, list[Example], pathlib.Path], Any]) -> dict[str, Any]:
     """Measures every cell (`sample_cell(task, style, temperature, dev examples, cell dir)` evaluates one, keeping
     complete work), then writes results.json and the plot and returns the results."""
-    output_dir = pathlib.Path(output_dir)
+    output_dir = as_path(output_dir)
     cells = []
     for task in tasks:
         examples = dev_examples(task, config.dev_size)
@@ -209,6 +210,6 @@ def plot_screen(cells: Sequence[dict[str, Any]], path: pathlib.Path) -> pathlib.
     axes.set_ylabel("self-consistency - greedy (points)")
     axes.set_title("Screen on the dev split: does voting beat the greedy path?")
     figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=120)
-    return path
+    buffer = io.BytesIO()  # through epath, so a run folder on an object store gets the figure too
+    figure.savefig(buffer, format="png", dpi=120)
+    return write_bytes_atomic(path, buffer.getvalue())

@@ -4,6 +4,13 @@ The lock file `.<directory>.lock` holds its holder's host, pid and start time. A
 with a message naming the holder; a lock whose holder process is gone (same host, pid no longer running) is stale and
 is taken over, so a SIGKILLed run never blocks its own rerun. A holder on another host cannot be checked from here:
 the message says so and names the file to remove once that run is known to be dead.
+
+On local disk the lock is created exclusively (a hard link of a private copy, or O_EXCL), so of two processes that
+claim it at once exactly one wins. An object store (gs://) offers neither through epath, and epath exposes no
+create-if-absent precondition: there the claim is check, write, then read back, which keeps a second writer out
+whenever the first one's lock is already visible, but two processes that claim within the same moment can both
+pass. One writer per stage on an object store is therefore the launcher's job (one job per run folder; within a
+job only process 0 claims), and the lock is a guard against a second job, not a mutex.
 """
 
 from __future__ import annotations
@@ -12,18 +19,21 @@ import contextlib
 import datetime
 import json
 import os
-import pathlib
 import socket
 from typing import Iterator
+
+from etils import epath
+
+from lsi.io_utils import as_path, is_local
 
 
 class StageLockedError(RuntimeError):
     """Another live process is writing this stage output."""
 
 
-def lock_path(directory: str | os.PathLike) -> pathlib.Path:
+def lock_path(directory: str | os.PathLike) -> epath.Path:
     # Beside the directory, not inside it: a restarted stage removes its directory, never the lock it holds.
-    directory = pathlib.Path(directory)
+    directory = as_path(directory)
     return directory.parent / f".{directory.name}.lock"
 
 
@@ -37,7 +47,7 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _holder(path: pathlib.Path) -> dict | None:
+def _holder(path: epath.Path) -> dict | None:
     try:
         return json.loads(path.read_text())
     except (FileNotFoundError, json.JSONDecodeError):
@@ -50,10 +60,12 @@ def _is_stale(holder: dict | None) -> bool:
     return holder.get("host") == socket.gethostname() and not _pid_alive(int(holder.get("pid", -1)))
 
 
-def _try_create(path: pathlib.Path, record: dict) -> bool:
+def _try_create(path: epath.Path, record: dict) -> bool:
     """Creates `path` holding `record`, or returns False if it exists. The record is written to a private file first
     and hard-linked into place, so the lock never exists without its holder: a lock created empty and filled after
     would read as stale to a second process that looks in between, and both would write the stage."""
+    if not is_local(path):
+        return _create_on_object_store(path, record)
     private = path.with_name(f"{path.name}.{os.getpid()}.{id(record)}.tmp")
     private.write_text(json.dumps(record))
     try:
@@ -67,7 +79,16 @@ def _try_create(path: pathlib.Path, record: dict) -> bool:
     return True
 
 
-def _create_exclusive(path: pathlib.Path, record: dict) -> bool:
+def _create_on_object_store(path: epath.Path, record: dict) -> bool:
+    """Check, write, read back (see the module docstring for what this does not guarantee). An object write is atomic,
+    so the lock is never seen without its holder; the read-back drops a claim that a racing writer overwrote."""
+    if path.exists():
+        return False
+    path.write_text(json.dumps(record))
+    return _holder(path) == record
+
+
+def _create_exclusive(path: epath.Path, record: dict) -> bool:
     try:
         fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
     except FileExistsError:
@@ -78,7 +99,7 @@ def _create_exclusive(path: pathlib.Path, record: dict) -> bool:
 
 
 @contextlib.contextmanager
-def stage_lock(directory: str | os.PathLike, stage: str) -> Iterator[pathlib.Path]:
+def stage_lock(directory: str | os.PathLike, stage: str) -> Iterator[epath.Path]:
     """Holds the lock of a stage output directory for the duration of the block."""
     path = lock_path(directory)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -234,10 +234,17 @@ def test_tpu_pod_dry_run_prints_the_command_for_every_worker():
 
 
 def test_tpu_pod_refuses_a_run_dir_the_workers_cannot_share():
-    for run_dir in ("gs://bucket/run", "relative/run"):
+    for run_dir in ("relative/run", "gs://bucket-only", "s3://bucket/run"):
         result = subprocess.run(["bash", str(LAUNCHERS[0]), "--dry-run", "--tpu=t", "--zone=z", f"--run_dir={run_dir}"],
                                 capture_output=True, text=True, check=False)
         assert result.returncode == 2 and "run_dir" in result.stderr
+
+
+def test_tpu_pod_passes_a_gcs_run_dir_to_every_worker():
+    result = subprocess.run(["bash", str(LAUNCHERS[0]), "--dry-run", "--tpu=t", "--zone=z",
+                             "--run_dir=gs://lmsi-runs/table3_gsm8k", "--", "--stage=sample"],
+                            check=True, capture_output=True, text=True)
+    assert 'lsi.Experiment.run_dir="gs://lmsi-runs/table3_gsm8k"' in result.stdout
 
 
 def test_gpu_dry_run_adds_the_gpu_mesh_after_the_run_file():

@@ -1,10 +1,14 @@
-"""Resolves model names (e.g. `smollm2-135m-instruct`) and paths to files on local disk. Nothing is downloaded."""
+"""Resolves model names (e.g. `smollm2-135m-instruct`) and paths to files on local disk. Nothing is downloaded from
+the network by name; a checkpoint on an object store (a previous round's model in a gs:// run folder) is copied to a
+local cache, since safetensors, tokenizers and GGUF readers open local files."""
 
 from __future__ import annotations
 
 import importlib.util
 import os
 import pathlib
+
+from lsi.io_utils import as_path, is_local, local_copy
 
 # name -> (python package that ships the file, file name inside it, how to install the package)
 PACKAGED_MODELS: dict[str, tuple[str, str, str]] = {
@@ -22,6 +26,10 @@ def resolve_model_path(path_or_name: str | os.PathLike) -> pathlib.Path:
     Raises FileNotFoundError naming what was looked for and, for packaged names, the command that installs it.
     """
     text = os.fspath(path_or_name)
+    if not is_local(text):
+        if not as_path(text).exists():
+            raise FileNotFoundError(f"No checkpoint at {text}.")
+        return local_copy(text)
     key = text.lower().replace("_", "-")
     if key in PACKAGED_MODELS:
         package, filename, install = PACKAGED_MODELS[key]
@@ -35,7 +43,8 @@ def resolve_model_path(path_or_name: str | os.PathLike) -> pathlib.Path:
             )
         path = pathlib.Path(next(iter(spec.submodule_search_locations))) / filename
         if not path.is_file():
-            raise FileNotFoundError(f"Package {package!r} is installed but {path} is missing; reinstall with: {install}")
+            raise FileNotFoundError(
+                f"Package {package!r} is installed but {path} is missing; reinstall with: {install}")
         return path
     path = pathlib.Path(text).expanduser()
     if not path.exists():

@@ -12,10 +12,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import pathlib
+import tempfile
 import time
 from typing import Any, Iterator, Sequence
 
+from etils import epath
+
+from lsi.io_utils import as_path, write_bytes_atomic
 from lsi.records import PseudoLabel
 from lsi.self_improve.manifest import MANIFEST_FILE, file_output, file_sha256, stage_manifest, write_manifest
 from lsi.self_improve.voting import read_pseudo_labels
@@ -96,20 +99,24 @@ def _tf_example(record: dict[str, Any]) -> bytes:
     return tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString(deterministic=True)
 
 
-def _write_tfrecord_atomic(path: pathlib.Path, serialized: Sequence[bytes]) -> None:
+def _write_tfrecord_atomic(path: epath.Path, serialized: Sequence[bytes]) -> None:
+    """TFRecord framing by TF's own writer into a local scratch file, then one atomic write through epath: the run
+    folder may be on an object store, which TF could write but a test's stand-in for one could not see."""
     import tensorflow as tf  # noqa: PLC0415
 
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tf.io.TFRecordWriter(str(tmp)) as writer:
-        for item in serialized:
-            writer.write(item)
-    os.replace(tmp, path)
+    with tempfile.TemporaryDirectory(prefix="lsi-tfrecord-") as scratch:
+        local = os.path.join(scratch, path.name)
+        with tf.io.TFRecordWriter(local) as writer:
+            for item in serialized:
+                writer.write(item)
+        with open(local, "rb") as f:
+            write_bytes_atomic(path, f.read())
 
 
-def _remove_stale_shards(output_dir: pathlib.Path, keep: set[str]) -> None:
+def _remove_stale_shards(output_dir: epath.Path, keep: set[str]) -> None:
     """Deletes shards (and temporaries of killed writes) that the new set does not name: a run with another
     num_shards writes other file names, and training reads every examples-*.tfrecord of the folder."""
-    for path in [*output_dir.glob("examples-*.tfrecord"), *output_dir.glob(".examples-*.tfrecord.tmp")]:
+    for path in [*output_dir.glob("examples-*.tfrecord"), *output_dir.glob(".examples-*.tfrecord*.tmp")]:
         if path.name not in keep:
             path.unlink(missing_ok=True)
 
@@ -121,7 +128,7 @@ def run_format_stage(task: Task, pseudo_labels_path: str | os.PathLike, output_d
     examples are written in `prompter`'s style (plain unless given), which the manifest records. The shards replace
     the folder's previous ones as a set (none of another num_shards is left) and are the same bytes in every run."""
     start = time.perf_counter()
-    output_dir = pathlib.Path(output_dir)
+    output_dir = as_path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     formats = config.resolved_formats()
     labels = read_pseudo_labels(pseudo_labels_path)
@@ -160,12 +167,13 @@ def register_formatted_task(name: str, output_dir: str | os.PathLike, vocabulary
     import seqio  # noqa: PLC0415
     import tensorflow as tf  # noqa: PLC0415
 
-    from lsi.vocab import prepend_bos_preprocessor  # noqa: PLC0415
+    from lsi.seqio_vocab import as_seqio_vocabulary, prepend_bos_preprocessor  # noqa: PLC0415
 
-    output_dir = pathlib.Path(output_dir)
+    output_dir = as_path(output_dir)
     # The shards as they are now, listed, not a glob: SeqIO caches what a pattern matched, so a task re-registered
-    # after a format restart (other shard count, same process) would read the old names.
-    shards = sorted(str(path) for path in output_dir.glob("examples-*.tfrecord"))
+    # after a format restart (other shard count, same process) would read the old names. TF reads them itself
+    # (gs:// natively), as os.fspath gives them: "gs://bucket/...", never pathlib's "gs:/bucket/...".
+    shards = sorted(os.fspath(path) for path in output_dir.glob("examples-*.tfrecord"))
     if not shards:
         raise FileNotFoundError(f"{output_dir} has no examples-*.tfrecord shards: run the format stage first.")
     if prompt_style is None:
@@ -176,6 +184,7 @@ def register_formatted_task(name: str, output_dir: str | os.PathLike, vocabulary
         prompt_style = json.loads(manifest_path.read_text())["config"].get("prompt_style", PLAIN)
     if name in seqio.TaskRegistry.names():
         seqio.TaskRegistry.remove(name)
+    vocabulary = as_seqio_vocabulary(vocabulary)
     seqio.TaskRegistry.add(
         name,
         source=seqio.TFExampleDataSource(
@@ -196,12 +205,22 @@ def register_formatted_task(name: str, output_dir: str | os.PathLike, vocabulary
 
 def register_mixture(name: str, tasks: dict[str, str | os.PathLike], rates: dict[str, float] | None = None) -> str:
     """A SeqIO Mixture over registered formatted tasks ({task name: its format-stage output dir}); by default each
-    task's rate is its number of examples (from its manifest), i.e. examples are sampled uniformly."""
+    task's rate is its number of examples (from its manifest), i.e. examples are sampled uniformly.
+
+    The trainer (`lsi.training.data`) reads rates proportional to the tasks' sizes as the union of their examples,
+    each once per epoch; other rates draw each example's task with probability rate / sum(rates). Every task needs
+    a rate, a finite number > 0 (an error names the task otherwise; so does a task whose format stage wrote nothing,
+    by default)."""
     import seqio  # noqa: PLC0415
 
+    from lsi.training.data import check_rates  # noqa: PLC0415
+
     if rates is None:
-        rates = {task: float(json.loads((pathlib.Path(d) / MANIFEST_FILE).read_text())["counts"]["examples"])
+        rates = {task: float(json.loads((as_path(d) / MANIFEST_FILE).read_text())["counts"]["examples"])
                  for task, d in tasks.items()}
+    if missing := [task for task in tasks if task not in rates]:
+        raise ValueError(f"Mixture {name!r}: no rate for task(s) {missing}.")
+    rates = check_rates({task: rates[task] for task in tasks})
     if name in seqio.MixtureRegistry.names():
         seqio.MixtureRegistry.remove(name)
     seqio.MixtureRegistry.add(name, [(task, rates[task]) for task in tasks])

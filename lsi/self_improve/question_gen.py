@@ -21,7 +21,7 @@ import time
 from typing import Any, Sequence
 
 from lsi.batch_decoding import BatchSampler, LoadedModel, SampleRequest
-from lsi.io_utils import read_jsonl, write_json_atomic, write_jsonl_atomic
+from lsi.io_utils import as_path, read_jsonl, write_json_atomic, write_jsonl_atomic
 from lsi.sampling_methods import Greedy, SamplingMethod, Temperature
 from lsi.self_improve.manifest import file_output, stage_manifest, write_manifest
 from lsi.self_improve.sampling import load_pool
@@ -87,7 +87,7 @@ def generate_questions(task: Task, model: LoadedModel, config: QuestionGenConfig
     `prompter` writes both the generation and the filter's prompts (default: the vocabulary's own style)."""
     start = time.perf_counter()
     prompter = prompter or Prompter.for_vocabulary(model.vocab)
-    output_dir = pathlib.Path(output_dir)
+    output_dir = as_path(output_dir)
     pool = load_pool(task)
     seeds = [q.question for q in random.Random(config.seed).sample(pool, min(config.num_seed_questions, len(pool)))]
     generator = BatchSampler.for_model(model, num_samples=config.samples_per_prompt,
@@ -159,7 +159,7 @@ def generate_exemplars(task: Task, model: LoadedModel, config: PromptGenConfig, 
     Questions whose rationale yields no parseable answer or no reasoning are skipped; the manifest counts them.
     """
     start = time.perf_counter()
-    output_dir = pathlib.Path(output_dir)
+    output_dir = as_path(output_dir)
     prompter = prompter or Prompter.for_vocabulary(model.vocab)
     needed = config.templates * config.shots
     pool = load_pool(task)

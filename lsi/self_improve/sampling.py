@@ -22,7 +22,7 @@ import time
 from typing import Any, Callable, Sequence
 
 from lsi.batch_decoding import BatchSampler, LoadedModel, SampleRequest
-from lsi.io_utils import write_json_atomic, write_text_atomic
+from lsi.io_utils import as_path, write_json_atomic, write_text_atomic
 from lsi.records import SampleRecord, read_records
 from lsi.sampling_methods import SamplingMethod, Temperature
 from lsi.self_improve.manifest import file_output, stage_manifest, write_manifest
@@ -103,7 +103,7 @@ def _shard_is_complete(path: pathlib.Path, questions: Sequence[Example], num_sam
         return True
     except ValueError as e:
         aside = path.with_name(path.name + ".corrupt")
-        os.replace(path, aside)
+        path.replace(aside)  # on an object store a copy and a delete: fine for a file set aside
         log.warning("%s; moved to %s and resampling the shard.", e, aside)
         return False
 
@@ -156,7 +156,7 @@ def run_sample_stage(task: Task, model: LoadedModel, config: SampleStageConfig, 
     `prompter` writes the prompts (default: the vocabulary's own style, chat when it carries a template). With several
     processes, `wait_for_all_processes` (a barrier) runs before process 0 writes the manifest, so it lists every
     process's shards."""
-    output_dir = pathlib.Path(output_dir)
+    output_dir = as_path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     pool = load_pool(task, config.max_questions)
     prompter = prompter or Prompter.for_vocabulary(model.vocab, source=model_id)
@@ -212,7 +212,7 @@ def _manifest(output_dir: pathlib.Path, pool: Sequence[Example], config: SampleS
 
 def read_samples(output_dir: str | os.PathLike) -> list[SampleRecord]:
     """All records of a complete sample stage, in shard order; missing shards are an error naming them."""
-    output_dir = pathlib.Path(output_dir)
+    output_dir = as_path(output_dir)
     settings_path = output_dir / "sampling_config.json"
     if not settings_path.exists():
         raise FileNotFoundError(f"{output_dir} has no sampling_config.json: run the sample stage first.")

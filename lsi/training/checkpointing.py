@@ -15,12 +15,15 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
+from lsi.io_utils import is_local
+
 log = logging.getLogger(__name__)
 
 
 class Checkpointer:
     def __init__(self, directory: str | os.PathLike, keep: int | None = 3):
-        self.directory = os.path.abspath(os.fspath(directory))
+        # Orbax writes gs:// itself (tensorstore's GCS driver; a commit marker where there is no atomic rename).
+        self.directory = os.fspath(directory) if not is_local(directory) else os.path.abspath(os.fspath(directory))
         self.manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=False),

@@ -13,6 +13,7 @@ by the batch's total, so accumulation equals one big batch). Another loss is a `
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -20,6 +21,7 @@ import logging
 import math
 import os
 import pathlib
+import tempfile
 import time
 from typing import Any, Callable, Iterator, Protocol, Sequence
 
@@ -28,8 +30,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from etils import epath
 
-from lsi.io_utils import write_json_atomic
+from lsi.io_utils import as_path, is_local, upload_tree, write_json_atomic, write_text_atomic
 from lsi.models import Transformer, TransformerConfig, abstract_params, param_logical_axes
 from lsi.partitioning import MeshConfig, activation_sharding, constrain, logical_sharding, make_mesh, tree_shardings
 from lsi.training.checkpointing import Checkpointer
@@ -311,11 +314,10 @@ class MetricsLogger:
         self.writer = self._open(output_dir, start_step) if self.enabled else None
 
     def _open(self, output_dir: pathlib.Path, start_step: int) -> Any:
+        self._lines: list[str] = []  # the log so far: an object store cannot append, so there it is rewritten whole
         if self.path.exists():  # a resumed run rewrites what came after its checkpoint, as an uninterrupted run would
-            kept = [line for line in complete_lines(self.path) if json.loads(line)["step"] <= start_step]
-            tmp = self.path.with_name(self.path.name + ".tmp")
-            tmp.write_text("".join(line + "\n" for line in kept))
-            os.replace(tmp, self.path)
+            self._lines = [line for line in complete_lines(self.path) if json.loads(line)["step"] <= start_step]
+            write_text_atomic(self.path, "".join(line + "\n" for line in self._lines))
         try:
             from clu import metric_writers  # noqa: PLC0415
 
@@ -365,8 +367,12 @@ class MetricsLogger:
     def _write(self, step: int, scalars: dict[str, float]) -> None:
         if not self.enabled:
             return
-        with open(self.path, "a") as f:
-            f.write(json.dumps({"step": step, **scalars}) + "\n")
+        self._lines.append(json.dumps({"step": step, **scalars}))
+        if is_local(self.path):
+            with open(self.path, "a") as f:
+                f.write(self._lines[-1] + "\n")
+        else:  # one object per write (atomic there); the log is short: a line per log_every steps
+            write_text_atomic(self.path, "".join(line + "\n" for line in self._lines))
         if self.writer is not None:
             self.writer.write_scalars(step, scalars)
 
@@ -462,7 +468,7 @@ def train(config: TrainConfig, model_cfg: TransformerConfig, init_params_or_chec
     """
     from tqdm.auto import tqdm  # noqa: PLC0415
 
-    output_dir = pathlib.Path(output_dir)
+    output_dir = as_path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     model_cfg = training_model_config(config, model_cfg)
     mesh = make_mesh(MeshConfig(*config.mesh)) if mesh is None else mesh
@@ -499,7 +505,7 @@ def train(config: TrainConfig, model_cfg: TransformerConfig, init_params_or_chec
 
 
 def export_hf(model_cfg: TransformerConfig, params: Any, directory: str | os.PathLike, vocabulary: Any = None,
-              stop_ids: Sequence[int] = (), dtype: str = "float32") -> pathlib.Path:
+              stop_ids: Sequence[int] = (), dtype: str = "float32") -> epath.Path:
     """Fine-tuned params (any placement) -> a HF directory (config.json, model.safetensors in `dtype`, and with a
     `vocabulary` its tokenizer files, chat template included, and generation_config.json stopping on `stop_ids`,
     default the vocabulary's EOS).
@@ -508,18 +514,24 @@ def export_hf(model_cfg: TransformerConfig, params: Any, directory: str | os.Pat
     writes the directory, and all return once it is complete."""
     from lsi.checkpoints import save_hf_directory, write_generation_config  # noqa: PLC0415
 
-    directory = pathlib.Path(directory)
+    directory = as_path(directory)
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils  # noqa: PLC0415
 
         params = multihost_utils.process_allgather(params, tiled=True)
     if jax.process_index() == 0:
-        save_hf_directory(model_cfg.replace(dtype=jnp.float32), params, directory, dtype)
-        if vocabulary is not None:
-            vocabulary.save(directory)
-            eos = [vocabulary.eos_id] if vocabulary.eos_id is not None else []
-            write_generation_config(directory, bos_id=vocabulary.bos_id, stop_ids=list(stop_ids) or eos,
-                                    pad_id=getattr(vocabulary, "model_pad_id", None))
+        # safetensors and tokenizers write local files only: an object-store directory is written locally first.
+        with contextlib.ExitStack() as stack:
+            local = (pathlib.Path(directory) if is_local(directory)
+                     else pathlib.Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="lsi-hf-export-"))))
+            save_hf_directory(model_cfg.replace(dtype=jnp.float32), params, local, dtype)
+            if vocabulary is not None:
+                vocabulary.save(local)
+                eos = [vocabulary.eos_id] if vocabulary.eos_id is not None else []
+                write_generation_config(local, bos_id=vocabulary.bos_id, stop_ids=list(stop_ids) or eos,
+                                        pad_id=getattr(vocabulary, "model_pad_id", None))
+            if not is_local(directory):
+                upload_tree(local, directory)
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices(f"export {directory}")
     return directory
@@ -531,7 +543,8 @@ def finetune(config: TrainConfig, checkpoint: str | os.PathLike, task: str, outp
     """The LMSI fine-tuning stage: a checkpoint and a SeqIO task/mixture of "inputs"/"targets" text -> a trained
     run in `output_dir` (checkpoints, metrics.jsonl, data_stats.json) and, with `export`, a HF directory at
     `output_dir/hf` (with the tokenizer when `vocabulary` is given, and a generation config stopping on `stop_ids`).
-    `mesh` defaults to `config.mesh`'s shape. Rerunning the same call resumes."""
+    `mesh` defaults to `config.mesh`'s shape. Rerunning the same call resumes. For a mixture, the result's "data"
+    has "mixture": `PackedBatches.mixture_record()` after training."""
     from lsi.checkpoints import load_checkpoint  # noqa: PLC0415
     from lsi.training.data import PackedBatches  # noqa: PLC0415
 
@@ -541,8 +554,10 @@ def finetune(config: TrainConfig, checkpoint: str | os.PathLike, task: str, outp
     result: dict[str, Any] = {"steps": summary.end_step, "resumed_from": summary.restored_from,
                               "data": dataclasses.asdict(data.stats),
                               "final_metrics": summary.history[-1] if summary.history else None}
+    if (mixture := data.mixture_record()) is not None:  # the rates used, and what each task gave the batches trained
+        result["data"]["mixture"] = mixture
     if export:
         model_params = parameterization(config).model_params(state.params)  # LoRA: the merged kernels
-        result["hf_directory"] = str(export_hf(model_cfg, model_params, pathlib.Path(output_dir) / "hf", vocabulary,
+        result["hf_directory"] = str(export_hf(model_cfg, model_params, as_path(output_dir) / "hf", vocabulary,
                                                stop_ids, config.export_dtype))
     return result
