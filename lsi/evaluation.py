@@ -33,10 +33,10 @@ import numpy as np
 
 from lsi import metrics
 from lsi.batch_decoding import BatchSampler, Completion, LoadedModel, SampleRequest
-from lsi.io_utils import write_json_atomic
+from lsi.io_utils import as_path, write_json_atomic
 from lsi.records import Prediction, PredictionSample, read_records, write_records
 from lsi.sampling_methods import Greedy, SamplingMethod, Temperature
-from lsi.self_improve.voting import vote_answers
+from lsi.self_improve.voting import answer_groups, vote_answers
 from lsi.tasks.answers import answers_equal, parse_answer
 from lsi.tasks.base import Example, Task
 from lsi.tasks.prompt_style import Prompter
@@ -95,7 +95,7 @@ def prompt_hash(prompt: str) -> str:
     return hashlib.sha256(prompt.encode("utf-8")).hexdigest()[:16]
 
 
-def _is_correct(prediction: str | None, example: Example, answer_type: str) -> bool:
+def is_correct(prediction: str | None, example: Example, answer_type: str) -> bool:
     golds = [g for g in (example.answer, *example.alternatives) if g is not None]
     return any(answers_equal(prediction, gold, answer_type) for gold in golds)
 
@@ -107,23 +107,51 @@ def _requests(task: Task, examples: Sequence[Example], fmt: PromptFormat, prompt
 
 def accuracy_at_subsets(sample_answers: Sequence[Sequence[str | None]], examples: Sequence[Example],
                         answer_type: str, sizes: Iterable[int], repeats: int, seed: int) -> dict[str, Any]:
-    """Self-consistency accuracy with m' of the m sampled paths, averaged over `repeats` seeded random subsets."""
+    """Self-consistency accuracy with m' of the m sampled paths, averaged over `repeats` seeded random subsets.
+
+    Each question's answers are grouped and checked against the gold once; a subset's vote is then a count over
+    group ids, for every (repeat, question) subset of a size at once. A subset of sorted sample indices votes as
+    `vote_answers` on those samples would: most members wins, the group seen first among them breaks a tie."""
     rng = np.random.default_rng(seed)
     m = len(sample_answers[0]) if sample_answers else 0
+    groups, group_is_correct = grouped_answers(sample_answers, examples, answer_type)  # [q, m], [q, G + 1]
+    rows = np.arange(len(groups))[None, :]  # [1, q]
     results = {}
     for size in sorted(set(s for s in sizes if 1 <= s <= m)):
         trials = 1 if size == m else repeats
-        accuracies = []
-        for _ in range(trials):
-            correct = []
-            for answers, example in zip(sample_answers, examples):
-                chosen = sorted(rng.choice(m, size=size, replace=False)) if size < m else range(m)
-                vote = vote_answers([answers[i] for i in chosen], answer_type)
-                correct.append(_is_correct(vote.answer, example, answer_type))
-            accuracies.append(float(np.mean(correct)) if correct else 0.0)
+        # [trials, q, size]: each row's subset, a uniformly random `size` of the m samples in index order.
+        chosen = np.sort(np.argsort(rng.random((trials, len(groups), m)), axis=-1)[..., :size], axis=-1)
+        winners = subset_vote_winners(np.take_along_axis(np.broadcast_to(groups, chosen.shape[:2] + (m,)), chosen,
+                                                         axis=-1), group_is_correct.shape[1] - 1)  # [trials, q]
+        accuracies = group_is_correct[rows, winners].mean(axis=1) if len(groups) else np.zeros(trials)
         results[str(size)] = {"accuracy": float(np.mean(accuracies)), "std_over_subsets": float(np.std(accuracies)),
                               "subsets": trials}
     return results
+
+
+def grouped_answers(sample_answers: Sequence[Sequence[str | None]], examples: Sequence[Example], answer_type: str
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """[q, m] answer group ids (-1 unparseable; `answer_groups`) and [q, G + 1] whether group g's representative is
+    correct, G the most groups any question has; column G (a subset where nothing parsed, and padding) is False."""
+    grouped = [answer_groups(answers, answer_type) for answers in sample_answers]
+    num_groups = max((len(reps) for _, reps in grouped), default=0)
+    groups = np.array([ids for ids, _ in grouped], np.int32).reshape(len(grouped), -1)
+    correct = np.zeros((len(grouped), num_groups + 1), bool)
+    for row, ((_, representatives), example) in enumerate(zip(grouped, examples)):
+        correct[row, :len(representatives)] = [is_correct(r, example, answer_type) for r in representatives]
+    return groups, correct
+
+
+def subset_vote_winners(groups: np.ndarray, num_groups: int) -> np.ndarray:
+    """[..., size] group ids of a subset's samples (-1 unparseable) -> [...] the winning group, `num_groups` when no
+    sample parsed. Most members wins; among tied groups, the one whose first member comes first."""
+    one_hot = groups[..., None] == np.arange(num_groups)  # [..., size, G]
+    counts = one_hot.sum(axis=-2)  # [..., G]
+    first_seen = np.where(counts > 0, one_hot.argmax(axis=-2), groups.shape[-1])  # [..., G]
+    # Higher count first, then earlier first member: count * (size + 1) - first position orders both at once.
+    score = np.where(counts > 0, counts * (groups.shape[-1] + 1) - first_seen, -1)
+    winners = score.argmax(axis=-1) if num_groups else np.zeros(groups.shape[:-1], np.int64)
+    return np.where(counts.sum(axis=-1) > 0, winners, num_groups)
 
 
 def prediction_record(example: Example, prompt: str, completion: Completion, answer_type: str) -> Prediction:
@@ -139,7 +167,8 @@ def prediction_record(example: Example, prompt: str, completion: Completion, ans
                                                       completion.token_ids, completion.sum_log_probs)),
         vote=vote.answer, vote_count=vote.count, vote_share=vote.share_of_all,
         vote_share_of_parsed=vote.share_of_parsed, tie=vote.tie, gold=example.answer,
-        gold_alternatives=tuple(example.alternatives), correct=_is_correct(vote.answer, example, answer_type))
+        gold_alternatives=tuple(example.alternatives), correct=is_correct(vote.answer, example, answer_type),
+        prompt=prompt)
 
 
 def _sampling_runs(modes: Sequence[str]) -> list[tuple[str, ...]]:
@@ -175,6 +204,8 @@ def _mode_metrics(mode: str, task: Task, records: list[Prediction], all_answers:
         "ties": sum(r.tie for r in records),
         "finish_reasons": dict(collections.Counter(s.finish_reason for r in records for s in r.samples)),
         "sampler": dict(sampler.stats),
+        # lm-eval's n-shot: the exemplars in a few-shot prompt (the first question's set; tasks use one size)
+        "shots": len(task.exemplars_for(examples[0]).exemplars) if MODE_FORMATS[mode].is_few_shot else 0,
     }
     if task.answer_type == "drop":
         f1 = [metrics.drop_f1(r.vote or "", [g for g in r.golds if g]) for r in records]
@@ -188,19 +219,23 @@ def _mode_metrics(mode: str, task: Task, records: list[Prediction], all_answers:
 
 
 def evaluate(task: Task, model: LoadedModel, config: EvalConfig, output_dir: str | os.PathLike,
-             examples: Sequence[Example] | None = None, progress: bool = True, prompter: Prompter | None = None
-             ) -> dict[str, Any]:
+             examples: Sequence[Example] | None = None, progress: bool = True, prompter: Prompter | None = None,
+             provenance: dict[str, Any] | None = None) -> dict[str, Any]:
     """Runs every mode of `config` on the task's eval split and writes predictions and metrics under `output_dir`.
-    `prompter` writes the prompts (default: the vocabulary's own style, chat when it carries a template)."""
-    output_dir = pathlib.Path(output_dir)
+    `prompter` writes the prompts (default: the vocabulary's own style, chat when it carries a template);
+    `provenance` (`lsi.provenance`'s block: model, code, packages, config) is written into metrics.json."""
+    output_dir = as_path(output_dir)
     prompter = prompter or Prompter.for_vocabulary(model.vocab)
     examples = list(split_examples(task, config.split) if examples is None else examples)
+    split_size = len(examples)
     if config.limit is not None:
         examples = examples[: config.limit]
     if not examples:
         raise ValueError(f"Task {task.name}: the {config.split} split is empty.")
     all_metrics: dict[str, Any] = {"task": task.name, "answer_type": task.answer_type, "config":
-                                   dataclasses.asdict(config), **prompter.describe(), "modes": {}}
+                                   dataclasses.asdict(config), **prompter.describe(), "split_size": split_size,
+                                   "modes": {},
+                                   **({"provenance": provenance} if provenance is not None else {})}
     done = _complete_modes(output_dir, all_metrics, examples)
     results = dict(done)
     all_metrics["modes"] = _in_mode_order(results, config.modes)  # a rerun with every mode done returns these

@@ -42,9 +42,12 @@ import jax
 from lsi import partitioning
 from lsi.batch_decoding import LoadedModel
 from lsi.decoding import TransformerLM
+from lsi.eval_summaries import write_eval_summaries
 from lsi.evaluation import EvalConfig, evaluate, format_summary, split_examples
 from lsi.io_utils import write_json_atomic, write_text_atomic
+from lsi.native_logs import quiet_tensorflow_import
 from lsi.partitioning import MeshConfig
+from lsi.provenance import provenance
 from lsi.records import Prediction, PseudoLabel
 from lsi.run_layout import RunLayout, round_tag
 from lsi.sampling_methods import SAMPLING_METHODS, with_temperature
@@ -259,11 +262,15 @@ def run_eval(experiment: Experiment, tag: str, checkpoint: str, config: EvalConf
         directory = experiment.layout.eval_dir(tag, task.name)
         examples = split_examples(task, config.split)
         with _guarded(experiment, directory, eval_lineage(task, checkpoint, prompter, config, examples)):
+            origin = provenance(checkpoint, prompter)
             results[task.name] = evaluate(task, experiment.loaded_model(checkpoint), config, directory,
-                                          examples=examples, prompter=prompter)
+                                          examples=examples, prompter=prompter, provenance=origin)
             if _is_writer():
-                seal(directory, ["metrics.json", *(f"{m}/{Prediction.FILE}" for m in results[task.name]["modes"])])
+                seal(directory, ["metrics.json", *(f"{m}/{Prediction.FILE}" for m in results[task.name]["modes"])],
+                     provenance=origin)
         print(f"[{tag}] {format_summary(results[task.name])}", flush=True)
+    if _is_writer():
+        write_eval_summaries(experiment.layout, tag, results)
     return results
 
 
@@ -279,7 +286,7 @@ def run_sample(experiment: Experiment, round_index: int) -> dict[str, Any]:
                 process_index=jax.process_index(), process_count=jax.process_count(),
                 wait_for_all_processes=lambda: _wait_for_all_processes("sample"))
             if _is_writer():
-                results[name] = seal(directory)
+                results[name] = seal(directory, provenance=provenance(model, prompter))
     return results
 
 
@@ -291,7 +298,8 @@ def run_vote(experiment: Experiment, round_index: int) -> dict[str, Any]:
         with _guarded(experiment, directory, vote_lineage(task, samples, experiment.vote)):
             if _is_writer():
                 run_vote_stage(task, samples, directory, experiment.vote)
-                results[name] = seal(directory)
+                model = experiment.sampling_model(round_index)
+                results[name] = seal(directory, provenance=provenance(model, experiment.prompter(model)))
     return results
 
 
@@ -305,7 +313,7 @@ def run_format(experiment: Experiment, round_index: int) -> dict[str, Any]:
         with _guarded(experiment, directory, format_lineage(task, votes, prompter, experiment.format)):
             if _is_writer():
                 run_format_stage(task, votes / PseudoLabel.FILE, directory, experiment.format, prompter)
-                results[name] = seal(directory)
+                results[name] = seal(directory, provenance=provenance(experiment.starting_model(round_index), prompter))
     return results
 
 
@@ -356,7 +364,8 @@ def run_screen_stage(experiment: Experiment) -> dict[str, Any]:
             result = evaluate_cell(experiment.loaded_model(experiment.model), config, prompters.__getitem__)(
                 task, style, temperature, examples, directory)
             if _is_writer():
-                seal(directory, ["metrics.json", *(f"{m}/{Prediction.FILE}" for m in result["modes"])])
+                seal(directory, ["metrics.json", *(f"{m}/{Prediction.FILE}" for m in result["modes"])],
+                     provenance=provenance(experiment.model, prompters[style]))
         return result
 
     results = run_screen(tasks, config, experiment.layout.screen_dir, sample_cell)
@@ -382,7 +391,7 @@ def run_questions(experiment: Experiment) -> dict[str, Any]:
             return done
         manifest = generate_questions(seed_task, experiment.loaded_model(experiment.model), experiment.questions,
                                       directory, prompter=prompter)
-        manifest = seal(directory)
+        manifest = seal(directory, provenance=provenance(experiment.model, prompter))
     counts = manifest["counts"]
     print(f"[questions] {counts['kept']} kept of {counts['generated']} generated "
           f"({counts['candidates']} new) -> {directory / 'generated_pool.jsonl'}", flush=True)
@@ -401,7 +410,7 @@ def run_exemplars(experiment: Experiment) -> dict[str, Any]:
         # The templates come from the task's own pool questions, asked without any exemplars of their own.
         paths = generate_exemplars(experiment.base_task(), experiment.loaded_model(experiment.model),
                                    experiment.exemplars, directory, prompter=prompter)
-        manifest = seal(directory)
+        manifest = seal(directory, provenance=provenance(experiment.model, prompter))
     print(f"[exemplars] {len(paths)} templates of {experiment.exemplars.shots} -> {directory}", flush=True)
     return manifest
 
@@ -448,7 +457,7 @@ def run_train(experiment: Experiment, round_index: int) -> dict[str, Any]:
                 inputs={"model": str(start), "data": data_name},
                 counts={"steps": result["steps"], "data": result["data"]}, final_metrics=result["final_metrics"],
                 seconds=time.perf_counter() - began))
-            seal(train_dir, ["hf"])
+            seal(train_dir, ["hf"], provenance=provenance(start, prompter))
     return result
 
 
@@ -533,38 +542,45 @@ def abstract_plan(experiment: Experiment, num_devices: int) -> dict[str, Any]:
     }
 
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+def _config_root() -> pathlib.Path:
+    """The folder holding gin_configs/: the installed package, where a wheel ships them (as lsi/gin_configs), else
+    the checkout that lsi is imported from."""
+    package = pathlib.Path(__file__).resolve().parent
+    return package if (package / "gin_configs").is_dir() else package.parent
+
+
+CONFIG_ROOT = _config_root()
 _SEARCH_PATH_ADDED: list[bool] = []  # gin keeps search paths for the process; add ours once
 
 
 def _find_gin_file(path: str, search_paths: Sequence[str] = ()) -> str:
-    """`path` as gin should open it: as given when it exists there, else under a search path, else the lsi
-    checkout's copy. A file in none is an error naming every place (gin's own error can be a TypeError: it looks a
-    relative path up as a Python package, and fails on namespace packages such as gin_configs when the checkout is on
-    sys.path)."""
+    """`path` as gin should open it: as given when it exists there, else under a search path, else lsi's own copy
+    (installed with the package, or the checkout's). A file in none is an error naming every place (gin's own error
+    can be a TypeError: it looks a relative path up as a Python package, and fails on namespace packages such as
+    gin_configs when the checkout is on sys.path)."""
     if "://" in str(path):  # a remote file (gs://...): gin's file readers open it
         return path
     given = pathlib.Path(path).expanduser()
     if given.is_file():
         return str(given)
     candidates = [] if given.is_absolute() else [pathlib.Path(d).expanduser() / given
-                                                 for d in (*search_paths, REPO_ROOT)]
+                                                 for d in (*search_paths, CONFIG_ROOT)]
     for candidate in candidates:
         if candidate.is_file():
             return str(candidate)
     searched = ", ".join(str(p) for p in [given.absolute(), *candidates])
     raise FileNotFoundError(f"--gin_file {path}: no such file; searched {searched} (a relative path is tried against "
-                            f"the working directory, then --gin_search_paths, then the lsi checkout).")
+                            f"the working directory, then --gin_search_paths, then lsi's own configs).")
 
 
 def parse_gin(gin_files: Sequence[str], gin_params: Sequence[str], search_paths: Sequence[str] = ()) -> None:
     """Gin files and bindings, in order. `include 'gin_configs/...'` lines resolve against the working directory
-    first, then `search_paths`, then the lsi checkout, so run files work from anywhere."""
+    first, then `search_paths`, then lsi's own configs, so run files work from anywhere."""
     gin_files = [_find_gin_file(path, search_paths) for path in gin_files]
     for directory in search_paths:
         gin.add_config_file_search_path(str(pathlib.Path(directory).expanduser()))
     if not _SEARCH_PATH_ADDED:
-        gin.add_config_file_search_path(str(REPO_ROOT))
+        gin.add_config_file_search_path(str(CONFIG_ROOT))
         _SEARCH_PATH_ADDED.append(True)
     gin.parse_config_files_and_bindings(list(gin_files), list(gin_params),
                                         skip_unknown=False, finalize_config=False)
@@ -647,12 +663,16 @@ def _check_round(value: int) -> bool:
     return True
 
 
+HELP_FLAGS = {"--help", "-h", "-?", "--helpshort", "--helpfull"}
+
+
 def console_main() -> None:
     """The installed `lsi` command: `lsi --help` lists the stages (this module's docstring) and lsi's flags."""
     import sys  # noqa: PLC0415
 
     from absl import app, flags  # noqa: PLC0415
 
+    quiet_tensorflow_import()
     _define_flags()
     # absl's --help prints the __main__ module's docstring and the flags of the module named by argv[0]; for the
     # console script both are the wrapper's, so point them at this module.
@@ -660,7 +680,13 @@ def console_main() -> None:
     for name in ("gin_file", "gin_param", "gin_search_paths", "run_dir", "stage", "restart_stage", "round",
                  "eval_tag", "eval_model", "jax_cache_dir"):
         flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS[name])
-    app.run(main, argv=rewrite_gin_args(sys.argv))
+    try:
+        app.run(main, argv=rewrite_gin_args(sys.argv))
+    except SystemExit as exit_:
+        # absl exits 1 after printing the help it was asked for; a shell script checking `lsi --help` wants 0.
+        if exit_.code == 1 and set(sys.argv[1:]) & HELP_FLAGS:
+            raise SystemExit(0) from None
+        raise
 
 
 if __name__ == "__main__":

@@ -16,10 +16,11 @@ import dataclasses
 import functools
 import json
 import os
-import pathlib
 import types
 import typing
 from typing import Any, ClassVar, Iterable, TypeVar
+
+from etils import epath
 
 from lsi.io_utils import json_line, read_jsonl, write_text_atomic
 
@@ -92,7 +93,7 @@ def read_records(cls: type[R], path: str | os.PathLike) -> list[R]:
     return [cls.from_json(value, f"{path}:{line}") for line, value in read_jsonl(path)]
 
 
-def write_records(path: str | os.PathLike, records: Iterable[Record]) -> pathlib.Path:
+def write_records(path: str | os.PathLike, records: Iterable[Record]) -> epath.Path:
     """Writes the records as JSONL, atomically (a reader sees the old file or the whole new one)."""
     return write_text_atomic(path, "".join(r.to_line() for r in records))
 
@@ -169,6 +170,7 @@ class Prediction(Record):
     gold: str | None
     gold_alternatives: tuple[str, ...]
     correct: bool
+    prompt: str | None = None  # the prompt's whole text (files written before it was kept have only its hash)
 
     @property
     def answers(self) -> list[str | None]:

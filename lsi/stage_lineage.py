@@ -22,7 +22,7 @@ import pathlib
 from typing import Any, Iterable, Iterator, Mapping
 
 from lsi import lineage as lineage_lib
-from lsi.io_utils import write_json_atomic
+from lsi.io_utils import as_path, write_json_atomic
 from lsi.lineage import Lineage, LineageError
 from lsi.stage_lock import stage_lock
 
@@ -93,15 +93,18 @@ def generation_lineage(stage: str, tasks: Iterable[Any], model: str, config: Any
         "exemplars": {t.name: lineage_lib.fingerprint_exemplars(t) for t in tasks}})
 
 
-def seal(directory: pathlib.Path, outputs: Iterable[str] | None = None) -> dict[str, Any]:
-    """Adds the lineage and code version (and, when given, the outputs' fingerprints) to the stage's manifest.json,
-    writing one if the stage did not."""
-    path = directory / lineage_lib.MANIFEST_FILE
+def seal(directory: pathlib.Path, outputs: Iterable[str] | None = None, provenance: dict[str, Any] | None = None
+         ) -> dict[str, Any]:
+    """Adds the lineage and code version (and, when given, the outputs' fingerprints and `lsi.provenance`'s block) to
+    the stage's manifest.json, writing one if the stage did not."""
+    path = as_path(directory) / lineage_lib.MANIFEST_FILE
     manifest = json.loads(path.read_text()) if path.exists() else {}
     manifest["lineage"] = lineage_lib.read_lineage(directory)
     manifest["code"] = lineage_lib.code_version()
     if outputs is not None:
         manifest["outputs"] = lineage_lib.output_fingerprints(directory, outputs)
+    if provenance is not None:
+        manifest["provenance"] = provenance
     write_json_atomic(path, manifest)
     return manifest
 

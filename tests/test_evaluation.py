@@ -4,12 +4,23 @@ import dataclasses
 import json
 
 import jax
+import numpy as np
 import pytest
 
 from lsi.batch_decoding import LoadedModel
 from lsi.decoding import TransformerLM
-from lsi.evaluation import EvalConfig, accuracy_at_subsets, evaluate, format_summary, load_predictions
+from lsi.evaluation import (
+    EvalConfig,
+    accuracy_at_subsets,
+    evaluate,
+    format_summary,
+    grouped_answers,
+    load_predictions,
+    subset_vote_winners,
+)
 from lsi.models import get_config, init_params
+from lsi.self_improve.voting import vote_answers
+from lsi.tasks.answers import answers_equal
 from lsi.tasks.base import PROMPTS_DIR, Example, ExemplarSet, Task
 from lsi.vocab import load_vocabulary
 
@@ -75,6 +86,30 @@ def test_subset_accuracy_uses_votes_of_subsets():
     assert result["4"]["accuracy"] == 0.5  # a is right by majority, b is wrong
     # m'=1: a right with p=3/4, b right with p=1/4 -> expected accuracy 0.5 as well; check it is an average.
     assert 0.4 < result["1"]["accuracy"] < 0.6 and result["1"]["subsets"] == 200
+
+
+@pytest.mark.parametrize("answer_type, pool, golds", [
+    ("number", ["7", "7.0", "-7", "1,000", "1000", "12", "x", None], ["7", "1000", "12"]),
+    ("option", ["(a)", "A", "b", "(B)", "c", None], ["a", "b"]),
+])
+def test_subset_votes_equal_voting_each_subset_afresh(answer_type, pool, golds):
+    """Grouped once per question, a subset's winner is the vote of its samples (ties to the first seen included)."""
+    rng = np.random.default_rng(0)
+    num_questions, m = 300, 8
+    answers = [[pool[i] for i in rng.integers(len(pool), size=m)] for _ in range(num_questions)]
+    examples = [Example(str(q), "q", golds[q % len(golds)]) for q in range(num_questions)]
+    groups, group_is_correct = grouped_answers(answers, examples, answer_type)
+    chosen = np.sort(np.argsort(rng.random((num_questions, m)), axis=-1)[:, :3], axis=-1)  # [q, 3]
+    winners = subset_vote_winners(np.take_along_axis(groups, chosen, axis=-1), group_is_correct.shape[1] - 1)
+    for q, (row, winner) in enumerate(zip(chosen, winners)):
+        vote = vote_answers([answers[q][i] for i in row], answer_type)
+        expected = groups[q, row[vote.agreeing[0]]] if vote.answer is not None else group_is_correct.shape[1] - 1
+        assert winner == expected, [answers[q][i] for i in row]
+        assert group_is_correct[q, winner] == (vote.answer is not None and
+                                               answers_equal(vote.answer, examples[q].answer, answer_type))
+    exact = accuracy_at_subsets(answers, examples, answer_type, sizes=(m,), repeats=5, seed=0)[str(m)]
+    assert exact["accuracy"] == np.mean([
+        answers_equal(vote_answers(a, answer_type).answer, e.answer, answer_type) for a, e in zip(answers, examples)])
 
 
 def test_malformed_predictions_line_names_file_and_line(tmp_path):

@@ -13,8 +13,9 @@ import subprocess
 import time
 
 import pytest
-
 from helpers.runs import REPO, build_answering_model, command, environment, run
+
+from lsi.io_utils import json_line
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +35,10 @@ def _results(run_dir: pathlib.Path) -> dict:
     """What a finished run must reproduce: every eval's predictions, every round's training metrics and data."""
     out = {}
     for path in sorted(run_dir.glob("eval/*/*/*/predictions.jsonl")):
-        out[str(path.relative_to(run_dir))] = path.read_text()
+        # The prompt's text, kept since the pin was recorded, is the inputs', not a result: the lines without it.
+        out[str(path.relative_to(run_dir))] = "".join(
+            json_line({k: v for k, v in json.loads(line).items() if k != "prompt"})
+            for line in path.read_text().splitlines())
     for path in sorted(run_dir.glob("round_*/train/metrics.jsonl")):
         out[str(path.relative_to(run_dir))] = [{k: v for k, v in json.loads(line).items()  # timings differ
                                                 if not k.endswith("_per_s") and k != "mfu"}

@@ -15,14 +15,14 @@ import platform
 import sys
 from typing import Any
 
-from lsi.io_utils import write_json_atomic
+from lsi.io_utils import as_path, write_json_atomic
 
 PACKAGES = ("lsi", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "seqio", "tensorflow", "numpy", "tokenizers")
 
 
 def file_sha256(path: str | os.PathLike) -> str:
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
+    with as_path(path).open("rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
@@ -70,5 +70,5 @@ def file_output(path: pathlib.Path, **counts: int) -> dict[str, Any]:
 
 def write_manifest(directory: str | os.PathLike, manifest: dict[str, Any]) -> dict[str, Any]:
     """Writes `directory`/manifest.json atomically (the stage's last write: it names exactly what is there)."""
-    write_json_atomic(pathlib.Path(directory) / MANIFEST_FILE, manifest)
+    write_json_atomic(as_path(directory) / MANIFEST_FILE, manifest)
     return manifest

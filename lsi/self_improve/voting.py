@@ -14,6 +14,7 @@ import pathlib
 import time
 from typing import TYPE_CHECKING, Sequence
 
+from lsi.io_utils import as_path
 from lsi.records import KeptPath, PseudoLabel, SampleRecord, read_records, write_records
 from lsi.self_improve.manifest import MANIFEST_FILE, file_output, stage_manifest, write_manifest
 from lsi.self_improve.sampling import load_pool, read_samples
@@ -42,31 +43,44 @@ class Vote:
         return self.count / self.num_samples if self.num_samples else 0.0
 
 
-def vote_answers(answers: Sequence[str | None], answer_type: str) -> Vote:
-    """The majority answer of `answers` (one per sample, None when unparseable)."""
-    groups: list[tuple[str, list[int]]] = []  # (representative, sample indices), in first-seen order
-    group_keys: list[tuple[str | None, str]] = []  # each representative's answer_key
-    group_of: dict[tuple[str | None, str], int] = {}  # an answer_key seen before -> its group
-    for index, answer in enumerate(answers):
+def answer_groups(answers: Sequence[str | None], answer_type: str) -> tuple[list[int], list[str]]:
+    """Each sample's answer group (-1 when unparseable) and each group's representative, groups numbered in the order
+    they are first seen. An answer joins the first group whose representative equals it; `answer_key` makes the
+    search a dict lookup for every repeat of an answer seen before."""
+    group_of_sample: list[int] = []
+    representatives: list[str] = []
+    representative_keys: list[tuple[str | None, str]] = []
+    group_of_key: dict[tuple[str | None, str], int] = {}
+    for answer in answers:
         if answer is None:
+            group_of_sample.append(-1)
             continue
         key = answer_key(answer, answer_type)
-        if key not in group_of:
-            # The first group whose representative equals it (groups are only appended, so this stays the first).
-            found = next((g for g, rep in enumerate(group_keys) if keys_equal(rep, key, answer_type)), None)
+        if key not in group_of_key:
+            found = next((g for g, rep in enumerate(representative_keys) if keys_equal(rep, key, answer_type)), None)
             if found is None:
-                found = len(groups)
-                groups.append((answer, []))
-                group_keys.append(key)
-            group_of[key] = found
-        groups[group_of[key]][1].append(index)
-    num_parsed = sum(len(members) for _, members in groups)
-    if not groups:
+                found = len(representatives)
+                representatives.append(answer)
+                representative_keys.append(key)
+            group_of_key[key] = found
+        group_of_sample.append(group_of_key[key])
+    return group_of_sample, representatives
+
+
+def vote_answers(answers: Sequence[str | None], answer_type: str) -> Vote:
+    """The majority answer of `answers` (one per sample, None when unparseable)."""
+    group_of_sample, representatives = answer_groups(answers, answer_type)
+    members: list[list[int]] = [[] for _ in representatives]
+    for index, group in enumerate(group_of_sample):
+        if group >= 0:
+            members[group].append(index)
+    if not representatives:
         return Vote(None, 0, 0, len(answers), False, ())
-    best = max(len(members) for _, members in groups)
-    tied = [(rep, members) for rep, members in groups if len(members) == best]
-    representative, members = tied[0]  # first seen wins a tie
-    return Vote(representative, best, num_parsed, len(answers), len(tied) > 1, tuple(members))
+    best = max(len(m) for m in members)
+    tied = [g for g, m in enumerate(members) if len(m) == best]
+    winner = tied[0]  # groups are numbered in first-seen order: the first seen wins a tie
+    num_parsed = sum(len(m) for m in members)
+    return Vote(representatives[winner], best, num_parsed, len(answers), len(tied) > 1, tuple(members[winner]))
 
 
 LABEL_SOURCES = ("vote", "oracle", "anti_oracle")
@@ -148,7 +162,7 @@ def run_vote_stage(task: Task, samples_dir: str | os.PathLike, output_dir: str |
                    config: VoteStageConfig = VoteStageConfig()) -> dict:
     """Votes every question of a complete sample stage; writes pseudo_labels.jsonl and manifest.json."""
     start = time.perf_counter()
-    samples_dir, output_dir = pathlib.Path(samples_dir), pathlib.Path(output_dir)
+    samples_dir, output_dir = as_path(samples_dir), as_path(output_dir)
     sampling = json.loads((samples_dir / "sampling_config.json").read_text())
     pool = load_pool(task, sampling.get("max_questions"))
     by_question: dict[str, list[SampleRecord]] = {q.id: [] for q in pool}
