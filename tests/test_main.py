@@ -7,7 +7,7 @@ import gin
 import pytest
 
 from helpers.toy import save_tiny_checkpoint
-from lsi.lineage import LineageError
+from lsi.lineage import LineageError, fingerprint_model
 from lsi.main import Experiment, parse_gin, run_stage
 from lsi.stage_lineage import seal
 
@@ -137,6 +137,12 @@ def test_stages_run_in_order_through_the_entry_point(style, tiny_checkpoint, tmp
     experiment = Experiment()
     manifest = run_stage(experiment, "sample")["arithmetic"]
     assert manifest["counts"]["samples_expected"] == 12 and manifest["config"]["prompt_style"] == style
+    origin = manifest["provenance"]  # where the samples came from, beside them
+    assert origin["model"] == {"name": str(tiny_checkpoint), "path": str(tiny_checkpoint),
+                               "fingerprint": fingerprint_model(tiny_checkpoint)}
+    assert origin["prompt_style"]["prompt_style"] == style and origin["host_count"] == 1
+    assert origin["code"]["git_commit"] == manifest["code"]["git_commit"] and origin["packages"]["lsi"]
+    assert f"Experiment.prompt_style = '{style}'" in origin["gin_config"]
     votes = run_stage(experiment, "vote")["arithmetic"]
     assert votes["counts"]["questions"] == 4 and votes["config"]["allow_empty"]
     # A random model answers nothing parseable, so no pseudo-labels exist: write two by hand to feed the next stages.
@@ -154,7 +160,9 @@ def test_stages_run_in_order_through_the_entry_point(style, tiny_checkpoint, tmp
     assert trained["steps"] == 2 and (tmp_path / "round_1" / "train" / "hf" / "config.json").exists()
     assert formats["counts"]["examples"] == 4 * formats["counts"]["kept_paths"]
     assert formats["config"]["prompt_style"] == style
-    assert json.loads((tmp_path / "round_1" / "train" / "manifest.json").read_text())["config"]["prompt_style"] == style
+    train_manifest = json.loads((tmp_path / "round_1" / "train" / "manifest.json").read_text())
+    assert train_manifest["config"]["prompt_style"] == style
+    assert train_manifest["provenance"]["model"]["fingerprint"] == fingerprint_model(tiny_checkpoint)
     assert json.loads((round_dir / "votes" / "manifest.json").read_text())["config"]["prompt_style"] == style
     after = run_stage(experiment, "eval", eval_model="trained")["arithmetic"]
     assert after["modes"]["cot_greedy"]["accuracy"]["n"] == 3 and after["prompt_style"] == style
