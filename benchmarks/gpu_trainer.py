@@ -27,10 +27,10 @@ ENV_VARS = ("XLA_FLAGS", "XLA_PYTHON_CLIENT_MEM_FRACTION", "JAX_PLATFORMS")
 
 
 def run(config: str, batch_size: int, length: int, num_microbatches: int, remat: str, warmup: int, repeats: int,
-        peak_flops: float | None) -> dict[str, Any]:
+        peak_flops: float | None, custom_grads: bool | None = None) -> dict[str, Any]:
     work = Workload(f"random:{config}", "", None, batch_size, length, learning_rate=5e-5, warmup=warmup,
                     repeats=repeats, dtype="bfloat16", remat=remat, num_microbatches=num_microbatches)
-    side = OursTrainStep(work)
+    side = OursTrainStep(work, custom_grads=custom_grads)
     timing = common.time_interleaved({"ours": side.run_once}, warmup=max(warmup - 1, 0), repeats=repeats)["ours"]
     tokens_per_s = batch_size * length / timing["median_s"]
     measured_peak = matmul_peak("bfloat16", n=8192 if config == "llama_1b" else 512)
@@ -38,7 +38,8 @@ def run(config: str, batch_size: int, length: int, num_microbatches: int, remat:
     device = jax.devices()[0]
     memory = device.memory_stats() if hasattr(device, "memory_stats") else None
     record = {
-        "config": config, "num_params": side.cfg.num_params, "batch_size": batch_size, "length": length,
+        "config": config, "custom_grads": side.cfg.custom_grads, "num_params": side.cfg.num_params,
+        "batch_size": batch_size, "length": length,
         "num_microbatches": num_microbatches, "remat": remat, "compute_dtype": "bfloat16",
         "first_step_s_including_compile": side.first_step_s, "timing": timing, "tokens_per_s": tokens_per_s,
         "losses": side.losses, "flops_per_token": flops_per_token,
@@ -64,12 +65,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--peak_flops", type=float, default=None)
+    parser.add_argument("--custom_grads", dest="custom_grads", action="store_const", const=True, default=None,
+                        help="time the step with the hand-written backward passes (default: the config's choice)")
+    parser.add_argument("--no_custom_grads", dest="custom_grads", action="store_const", const=False,
+                        help="time the step without them (XLA's autodiff)")
     parser.add_argument("--output", type=pathlib.Path, default=None)
     args = parser.parse_args(argv)
     tiny = args.config == "tiny"
     record = run(args.config, args.batch_size or (2 if tiny else 8), args.length or (32 if tiny else 2048),
                  args.num_microbatches, args.remat, 1 if tiny else args.warmup, 2 if tiny else args.repeats,
-                 args.peak_flops)
+                 args.peak_flops, args.custom_grads)
     record["environment"] = common.environment_info(PACKAGES, ENV_VARS)
     print(common.table(["config", "tokens/s", "MFU (vs measured bf16 matmul)", "first step s"],
                        [[record["config"], record["tokens_per_s"], record["mfu_vs_measured_matmul"],

@@ -35,11 +35,12 @@ def generation_config(workload: sampler.Workload, max_new_tokens: int | None = N
 
 class TheirGenerate(common.Side):
     """`load_model(device)` gives the model (on cuda when there is one); one call is `generate` of every prompt,
-    left-padded, `prompts_per_generate_call` prompts at a time (all of them, unless a call ran out of device memory:
-    then it retries with half as many)."""
+    left-padded, `prompts_per_call` prompts at a time: all of them in one call by default (unless a call ran out of
+    device memory: then it retries with half as many), or 1, a `generate` per prompt with num_return_sequences=m
+    (no padding; on a CPU often the faster way to run transformers)."""
 
     def __init__(self, load_model: Callable[[str], Any], workload: sampler.Workload, threads: int,
-                 eos_id: int | None) -> None:
+                 eos_id: int | None, prompts_per_call: int | None = None) -> None:
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         if self.device == "cpu":
             torch.set_num_threads(threads)
@@ -53,7 +54,7 @@ class TheirGenerate(common.Side):
         self.model.generation_config.eos_token_id = None
         self.tokens, self.mask = sampler.pad(workload.prompts, max(len(p) for p in workload.prompts), left=True)
         self.config = generation_config(workload)
-        self.prompts_per_call = len(workload.prompts)
+        self.prompts_per_call = prompts_per_call or len(workload.prompts)
         self.out_of_memory_retries: list[str] = []
         torch.manual_seed(workload.seed)
         if self.device == "cuda":

@@ -46,7 +46,14 @@ from lsi.self_improve.manifest import file_sha256
 DEFAULT_OUTPUT = common.RESULTS / "sampler_cpu.json"
 PACKAGES = ("jax", "jaxlib", "flax", "numpy", "torch", "transformers", "gguf", "safetensors", "psutil")
 ENV_VARS = ("XLA_FLAGS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "JAX_PLATFORMS", "LSI_DATA_DIR")
-TARGET_SPEEDUP = 3.0
+# The sides, in the order they are built and timed. transformers runs two ways (all rows in one left-padded generate;
+# one generate per prompt with num_return_sequences=m), llama.cpp on an F32 GGUF written from the same tensors and on
+# the packaged Q4_1 file; llama.cpp sides need `llama_cpp` (llama-cpp-python, never an lsi dependency).
+SIDES = ("ours", "transformers_one_call", "transformers_per_prompt", "llama_cpp_f32", "llama_cpp_q4_1")
+TRANSFORMERS_SIDES = ("transformers_one_call", "transformers_per_prompt")
+TARGET_SPEEDUP = 5.0  # over the faster transformers configuration
+TARGET_WITHIN_LLAMA_CPP = 1.5  # llama.cpp F32 / ours at most this
+TARGET_ROOFLINE_FRACTION = 0.6
 PAD_ID = 0
 # The files whose version decides our side's speed; hashed when the run starts and where each side imports them.
 CODE_FILES = ("lsi/decoding.py", "lsi/models/transformer.py", "lsi/models/configs.py", "lsi/partitioning.py")
@@ -104,6 +111,17 @@ def cot_prompts(num_prompts: int, exemplars_per_prompt: int) -> tuple[list[str],
         texts.append(build_prompt(PromptFormat.FEW_SHOT_COT, question, dataclasses.replace(exemplars, exemplars=shown)))
         sources.append(source)
     return texts, sources
+
+
+def quickstart_prompts(num_prompts: int) -> tuple[list[str], list[str]]:
+    """The quickstart's sample-stage prompts: few-shot CoT prompts of its two-digit-addition pool questions, written
+    as its gin file's plain prompt style writes them."""
+    from lsi.tasks import PromptFormat, build_prompt, get_task  # noqa: PLC0415
+
+    task = get_task("arithmetic", pool_size=num_prompts, eval_size=1, config={"operators": ("+",)})
+    pool = task.load_pool()
+    return ([build_prompt(PromptFormat.FEW_SHOT_COT, e.question, task.exemplars_for(e)) for e in pool],
+            [f"arithmetic pool {e.id}" for e in pool])
 
 
 def long_cot_prompt(vocab: Any, target_tokens: int) -> tuple[list[int], str]:
@@ -206,25 +224,48 @@ def memory_sweep(source: ModelSource, prompt: tuple[int, ...], prompt_source: st
 
 # --- orchestration ------------------------------------------------------------------------------------------------
 
-def compare(source: ModelSource, workload: Workload, eos_id: int | None, args: argparse.Namespace
-            ) -> tuple[dict[str, Any], dict[str, Any] | None, dict[str, Any]]:
-    """Builds both sides (each in its own process), waits for a quiet machine, then times them in alternating
-    rounds (ours, theirs; theirs, ours; ...), so that other processes' load hits both alike."""
-    from benchmarks import ours, peers  # noqa: PLC0415  (each side's process imports only its own)
+def _side_factory(name: str, source: ModelSource, workload: Workload, eos_id: int | None,
+                  args: argparse.Namespace) -> tuple[Any, tuple, dict[str, Any]]:
+    """(class, args, start_side kwargs) of side `name`; each side's process imports only its own library."""
+    from benchmarks import ours, peers  # noqa: PLC0415
     from lsi.checkpoints import load_checkpoint  # noqa: PLC0415
 
+    if name == "ours":
+        return (ours.OurSampler, (functools.partial(load_checkpoint, source.ours), workload, eos_id),
+                {"env": common.xla_env(args.xla_flags)})
+    if name in TRANSFORMERS_SIDES:
+        load = functools.partial(peers.load_pretrained, source.hf_directory, source.gguf_file)
+        per_call = 1 if name == "transformers_per_prompt" else None
+        return peers.TheirGenerate, (load, workload, args.threads, eos_id, per_call), {}
+    from benchmarks import gguf_export, llama_cpp_side  # noqa: PLC0415
+
+    if not source.ours.endswith(".gguf"):
+        raise ValueError(f"{name} needs a GGUF checkpoint; {source.description} is not one.")
+    path = source.ours if name == "llama_cpp_q4_1" else str(gguf_export.export_f32(source.ours))
+    return llama_cpp_side.LlamaCppSampler, (path, workload, args.threads), {}
+
+
+def available_sides(requested: Sequence[str]) -> list[str]:
+    """The requested sides this environment can run (llama.cpp's need the `llama_cpp` module)."""
+    import importlib.util  # noqa: PLC0415
+
+    has_llama_cpp = importlib.util.find_spec("llama_cpp") is not None
+    return [name for name in requested if has_llama_cpp or not name.startswith("llama_cpp")]
+
+
+def compare(source: ModelSource, workload: Workload, eos_id: int | None, args: argparse.Namespace,
+            names: Sequence[str]) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    """Builds every side (each in its own process), waits for a quiet machine, then times them in alternating rounds
+    (A B C, C B A, ...), so that other processes' load hits all alike. Returns {side: result} and the load record."""
     with contextlib.ExitStack() as stack:
-        print("[sampler] ours: loading and compiling", flush=True)
-        sides = {"ours": stack.enter_context(common.start_side(
-            ours.OurSampler, functools.partial(load_checkpoint, source.ours), workload, eos_id, isolate=args.isolate,
-            env=common.xla_env(args.xla_flags)))}
-        if args.reference:
-            print(f"[sampler] transformers: loading ({args.threads} torch threads)", flush=True)
-            sides["transformers"] = stack.enter_context(common.start_side(
-                peers.TheirGenerate, functools.partial(peers.load_pretrained, source.hf_directory, source.gguf_file),
-                workload, args.threads, eos_id, isolate=args.isolate))
+        sides = {}
+        for name in names:
+            print(f"[sampler] {name}: loading" + (" and compiling" if name == "ours" else ""), flush=True)
+            factory, factory_args, kwargs = _side_factory(name, source, workload, eos_id, args)
+            sides[name] = stack.enter_context(common.start_side(factory, *factory_args, isolate=args.isolate,
+                                                                **kwargs))
         quiet = common.wait_for_quiet(args.quiet_load, args.quiet_timeout)
-        print(f"[sampler] timing {' and '.join(sides)}: {args.warmup} warmup + {args.repeats} timed calls each",
+        print(f"[sampler] timing {', '.join(sides)}: {args.warmup} warmup + {args.repeats} timed calls each",
               flush=True)
         timings = common.time_sides(sides, warmup=args.warmup, repeats=args.repeats)
         quiet["load_average_after_timing"] = list(os.getloadavg())
@@ -237,7 +278,7 @@ def compare(source: ModelSource, workload: Workload, eos_id: int | None, args: a
             memory["process_peak_rss_mib"] = before_breakdown if args.isolate else None
             memory["process_peak_incl_breakdown_mib"] = peak / common.MIB if peak else None
             results[name] = result | {"timing": timings[name]}
-    return results["ours"], results.get("transformers"), quiet
+    return results, quiet
 
 
 def add_workload_flags(parser: argparse.ArgumentParser) -> None:
@@ -262,9 +303,12 @@ def apply_preset(parser: argparse.ArgumentParser, args: argparse.Namespace, pres
 
 # Defaults of the issue's run and of the seconds-long smoke run (`--config`).
 FULL = {"num_prompts": 8, "samples": 16, "new_tokens": 128, "sweep_samples": "1,4,16,64",
-        "sweep_prompt_tokens": 1500, "quiet_load": 0.7}
+        "sweep_prompt_tokens": 1500, "quiet_load": 0.7, "shapes": "benchmark,quickstart"}
 SMOKE = {"num_prompts": 3, "samples": 4, "new_tokens": 8, "sweep_samples": "1,4", "sweep_prompt_tokens": 48,
-         "quiet_load": None}
+         "quiet_load": None, "shapes": "benchmark"}
+# The quickstart's shape (gin_configs/runs/quickstart.gin's sample stage): a batch of 32 short few-shot prompts,
+# m = 8, 40 new tokens; the benchmark shape is the flags' (default 8 GSM8K prompts of ~400 tokens, m = 16, 128).
+SHAPES = {"benchmark": None, "quickstart": {"num_prompts": 32, "samples": 8, "new_tokens": 40}}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -285,11 +329,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="wait until the 1-min load average is below this before each timed side (default 0.7; "
                              "none for --config runs; 0 disables)")
     parser.add_argument("--quiet_timeout", type=float, default=600.0, help="longest wait for a quiet machine (s)")
+    parser.add_argument("--sides", default=",".join(SIDES),
+                        help="comma-separated sides to run (default: all; llama.cpp's only where llama_cpp imports)")
+    parser.add_argument("--shapes", default=None, help="benchmark,quickstart (default; the smoke run: benchmark)")
     args = parser.parse_args(argv)
     preset = SMOKE if args.config else FULL
     apply_preset(parser, args, preset)
     args.quiet_load = preset["quiet_load"] if args.quiet_load < 0 else args.quiet_load or None  # 0: no wait
     args.sweep_samples = [int(s) for s in str(args.sweep_samples).split(",") if s.strip()]
+    args.sides = [side.strip() for side in args.sides.split(",") if side.strip()]
+    args.shapes = [shape.strip() for shape in (args.shapes or preset["shapes"]).split(",") if shape.strip()]
+    if unknown := set(args.sides) - set(SIDES) or set(args.shapes) - set(SHAPES):
+        parser.error(f"unknown sides or shapes {sorted(unknown)}; sides: {SIDES}; shapes: {tuple(SHAPES)}")
     args.random_prompt_lengths = tuple(int(s) for s in args.random_prompt_lengths.split(","))
     if min(args.sweep_samples) < 1:
         parser.error("--sweep_samples must be >= 1.")
@@ -298,49 +349,111 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    from lsi.checkpoints import load_config  # noqa: PLC0415
     from lsi.io_utils import write_json_atomic  # noqa: PLC0415
-    from lsi.vocab import encode_model_input, load_vocabulary  # noqa: PLC0415
 
     args = parse_args(argv)
     code_at_start = code_fingerprint()
     output = common.output_path(args.output, args.config, "sampler", DEFAULT_OUTPUT)
+    names = available_sides(args.sides)
     with tempfile.TemporaryDirectory(prefix="lsi-sampler-") as tmp:
-        if args.config:
-            source = model_sources.random_weight_source(args.config, args.seed, pathlib.Path(tmp) / "model")
-            vocab_size = load_config(source.ours).vocab_size
-            prompts = random_prompts(args.num_prompts, args.random_prompt_lengths, vocab_size, args.seed)
-            prompt_sources = ["random ids"] * len(prompts)
-            long_prompt = random_prompts(1, (args.sweep_prompt_tokens,) * 2, vocab_size, args.seed + 1)[0]
-            long_source, eos_id = "random ids", None
-        else:
-            source = model_sources.checkpoint_source(args.checkpoint)
-            vocab = load_vocabulary(args.checkpoint)
-            texts, prompt_sources = cot_prompts(args.num_prompts, args.exemplars)
-            prompts = [encode_model_input(vocab, t) for t in texts]
-            long_prompt, long_source = long_cot_prompt(vocab, args.sweep_prompt_tokens)
-            eos_id = vocab.eos_id
-        workload = Workload(prompts=tuple(tuple(p) for p in prompts), num_samples=args.samples,
-                            max_new_tokens=args.new_tokens, temperature=args.temperature, top_k=args.top_k,
-                            seed=args.seed, warmup=args.warmup, repeats=args.repeats)
-        print(f"[sampler] {source.description}: {len(prompts)} prompts of {[len(p) for p in prompts]} tokens x "
-              f"{args.samples} samples x {args.new_tokens} new tokens", flush=True)
-        ours = theirs = sweep = None
+        source, eos_id, shapes, (long_prompt, long_source) = _inputs(args, pathlib.Path(tmp))
+        measured: dict[str, Any] = {}
         quiet: dict[str, Any] = {}
-        if not args.memory_only:
-            ours, theirs, quiet["comparison"] = compare(source, workload, eos_id, args)
+        for shape, (workload, prompt_sources) in shapes.items():
+            print(f"[sampler] {shape} shape, {source.description}: {len(workload.prompts)} prompts of "
+                  f"{[len(p) for p in workload.prompts]} tokens x {workload.num_samples} samples x "
+                  f"{workload.max_new_tokens} new tokens; sides {names}", flush=True)
+            if args.memory_only:
+                break
+            results, quiet[shape] = compare(source, workload, eos_id, args, names)
+            measured[shape] = shape_record(workload, prompt_sources, results, _roofline(source, workload, args))
+        sweep = None
         if args.memory_sweep or args.memory_only:
             quiet["memory_sweep"] = common.wait_for_quiet(args.quiet_load, args.quiet_timeout)
             sweep = memory_sweep(source, tuple(long_prompt), long_source, args)
 
-    record = _record(args, source, workload, prompt_sources, ours, theirs, sweep, quiet)
-    seen = [code_at_start, code_fingerprint()] + ([ours["code_sha256_16"]] if ours else []) + [
+    record = _record(args, source, measured, sweep, quiet)
+    seen = [code_at_start, code_fingerprint()] + [
+        r["sides"]["ours"]["code_sha256_16"] for r in measured.values() if r["sides"].get("ours")] + [
         p["code_sha256_16"] for p in (sweep or {}).get("points", [])]
     record["code_sha256_16"] = {"at_start": code_at_start, "unchanged_during_run": all(c == seen[0] for c in seen)}
     write_json_atomic(output, record)
     print(_summary(record))
     print(f"[sampler] wrote {output}")
     return record
+
+
+def _inputs(args: argparse.Namespace, tmp: pathlib.Path) -> tuple[ModelSource, int | None, dict[str, Any], tuple]:
+    """The model source, EOS id, {shape: (Workload, prompt sources)} and the memory sweep's long prompt."""
+    from lsi.checkpoints import load_config  # noqa: PLC0415
+    from lsi.vocab import encode_model_input, load_vocabulary  # noqa: PLC0415
+
+    def workload(prompts: Sequence[Sequence[int]], sizes: dict[str, int]) -> Workload:
+        return Workload(prompts=tuple(tuple(p) for p in prompts), num_samples=sizes["samples"],
+                        max_new_tokens=sizes["new_tokens"], temperature=args.temperature, top_k=args.top_k,
+                        seed=args.seed, warmup=args.warmup, repeats=args.repeats)
+
+    flag_sizes = {"num_prompts": args.num_prompts, "samples": args.samples, "new_tokens": args.new_tokens}
+    if args.config:
+        source = model_sources.random_weight_source(args.config, args.seed, tmp / "model")
+        vocab_size = load_config(source.ours).vocab_size
+        prompts = random_prompts(args.num_prompts, args.random_prompt_lengths, vocab_size, args.seed)
+        long_prompt = random_prompts(1, (args.sweep_prompt_tokens,) * 2, vocab_size, args.seed + 1)[0]
+        return source, None, {"benchmark": (workload(prompts, flag_sizes), ["random ids"] * len(prompts))}, (
+            long_prompt, "random ids")
+    source = model_sources.checkpoint_source(args.checkpoint)
+    vocab = load_vocabulary(args.checkpoint)
+    shapes = {}
+    for shape in args.shapes:
+        sizes = SHAPES[shape] or flag_sizes
+        texts, sources = (quickstart_prompts(sizes["num_prompts"]) if shape == "quickstart"
+                          else cot_prompts(sizes["num_prompts"], args.exemplars))
+        shapes[shape] = (workload([encode_model_input(vocab, t) for t in texts], sizes), sources)
+    return source, vocab.eos_id, shapes, long_cot_prompt(vocab, args.sweep_prompt_tokens)
+
+
+def _roofline(source: ModelSource, workload: Workload, args: argparse.Namespace) -> dict[str, Any]:
+    """The matmul roofline at this shape's decode rows, measured in a fresh process with our side's XLA flags."""
+    from benchmarks import roofline  # noqa: PLC0415
+    from lsi.checkpoints import load_config  # noqa: PLC0415
+
+    rows = len(workload.prompts) * workload.num_samples
+    context = int(np.mean([len(p) for p in workload.prompts])) + workload.max_new_tokens // 2
+    print(f"[sampler] matmul roofline at {rows} rows", flush=True)
+    value, _ = common.run_isolated(roofline.roofline, load_config(source.ours), rows, context,
+                                   isolate=args.isolate, env=common.xla_env(args.xla_flags))
+    return value
+
+
+def shape_record(workload: Workload, prompt_sources: list[str], results: dict[str, dict[str, Any]],
+                 roof: dict[str, Any]) -> dict[str, Any]:
+    """One shape's figures: every side's tokens/s, ours over each side and over the faster transformers, the
+    fraction of the matmul roofline, peak memory, equal-work checks and breakdowns; the sides' full results."""
+    rates = {name: common.throughput(workload.sampled_tokens_per_call, r["timing"]) for name, r in results.items()}
+    tokens_per_s = {name: rates[name]["median"] if name in rates else None for name in SIDES}
+    ours = tokens_per_s["ours"]
+    transformers = {n: tokens_per_s[n] for n in TRANSFORMERS_SIDES if tokens_per_s[n]}
+    faster = max(transformers, key=transformers.get) if transformers else None
+    lengths = [len(p) for p in workload.prompts]
+    return {
+        "settings": {"num_prompts": len(workload.prompts), "num_samples": workload.num_samples,
+                     "max_new_tokens": workload.max_new_tokens, "temperature": workload.temperature,
+                     "top_k": workload.top_k, "top_p": 1.0, "eos": "ignored (no early stop on any side)",
+                     "seed": workload.seed, "warmup": workload.warmup, "repeats": workload.repeats},
+        "prompts": {"token_lengths": lengths, "mean_tokens": float(np.mean(lengths)), "sources": prompt_sources},
+        "sampled_tokens_per_call": workload.sampled_tokens_per_call,
+        "tokens_per_s": tokens_per_s,
+        "ratio_ours_over": {n: ours / r for n, r in tokens_per_s.items() if n != "ours" and ours and r},
+        "faster_transformers": faster,
+        "ratio_ours_over_faster_transformers": ours / transformers[faster] if ours and faster else None,
+        "roofline": roof | {"fraction": {n: r / roof["tokens_per_s_at_roofline"]
+                                         for n, r in tokens_per_s.items() if r}},
+        "peak_rss_mib": {n: {"process": r["memory"]["process_peak_rss_mib"],
+                             "during_timed_calls": r["memory"]["sampling_peak_rss_mib"]} for n, r in results.items()},
+        "equal_work_checked": all(r["check"]["all_full_length"] for r in results.values()),
+        "breakdown": {n: r.get("breakdown") for n, r in results.items()},
+        "sides": {n: r | {"tokens_per_s": rates[n]} for n, r in results.items()},
+    }
 
 
 def comparison_record(workload: Workload, ours: dict | None, theirs: dict | None) -> dict[str, Any]:
@@ -363,53 +476,67 @@ def comparison_record(workload: Workload, ours: dict | None, theirs: dict | None
     }
 
 
-def _record(args: argparse.Namespace, source: ModelSource, workload: Workload, prompt_sources: list[str],
-            ours: dict | None, theirs: dict | None, sweep: dict | None, quiet: dict) -> dict[str, Any]:
-    shared = comparison_record(workload, ours, theirs)
-    shared["settings"]["exemplars_per_prompt"] = None if args.config else args.exemplars
-    shared["prompts"] |= {"sources": prompt_sources,
-                          "layout": "ours: right-padded to the next power of two, prefilled once per prompt; "
-                                    "transformers: left-padded with an attention mask, each prompt repeated m times"}
-    ratio = shared["ratio_ours_over_transformers"]
-    mem = {side: (r["memory"]["process_peak_rss_mib"], r["memory"]["sampling_peak_rss_mib"])
-           for side, r in (("ours", ours), ("transformers", theirs)) if r}
-    both = len(mem) == 2
+def _record(args: argparse.Namespace, source: ModelSource, measured: dict[str, dict[str, Any]], sweep: dict | None,
+            quiet: dict) -> dict[str, Any]:
+    """The result file: the benchmark shape's figures at the top level (its `tokens_per_s` holds every side), the
+    quickstart shape's under `quickstart_shape`, the targets, the memory sweep and the environment."""
+    main_shape = measured.get("benchmark") or next(iter(measured.values()), {})
+    ours = main_shape.get("sides", {}).get("ours")
     return {
         "benchmark": "sampler",
         "description": "sampled tokens/s = prompts * samples * new_tokens / median wall time of one call that samples "
-                       "every prompt's samples in one batch; no early stop on either side",
+                       "every prompt's samples; no early stop on any side; sides timed in alternating rounds",
         "model": source.description,
         "dtype": ours["model_config"]["dtype"] if ours else None,
-        **shared,
-        "peak_rss_mib": {side: {"process": v[0], "during_timed_calls": v[1]} for side, v in mem.items()},
-        "targets": {
-            "speedup_at_least": TARGET_SPEEDUP,
-            "speedup_met": None if ratio is None else ratio >= TARGET_SPEEDUP,
-            "memory_below_transformers_met": (mem["ours"][0] < mem["transformers"][0]
-                                              if both and None not in (mem["ours"][0], mem["transformers"][0])
-                                              else None),
-            "memory_during_calls_below_transformers": mem["ours"][1] < mem["transformers"][1] if both else None,
-        },
+        **main_shape,
+        "quickstart_shape": measured.get("quickstart"),
+        "targets": _targets(measured),
         "memory_sweep": sweep,
         "quiet_machine": quiet,
-        "threads": {"torch": theirs["runtime"]["torch_num_threads"] if theirs else None,
+        "threads": {"torch_and_llama_cpp": args.threads,
                     "xla": f"default CPU client thread pool over {common.usable_cores()} usable cores"},
         "isolated_processes": args.isolate,
         **common.environment_info(PACKAGES, ENV_VARS),
     }
 
 
+def _targets(measured: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The issue's goals, each with whether it was met (None where a side it needs did not run)."""
+    bench = measured.get("benchmark") or {}
+    ratio = bench.get("ratio_ours_over_faster_transformers")
+    peak = {n: r["process"] for n, r in bench.get("peak_rss_mib", {}).items()}
+    faster = bench.get("faster_transformers")
+    llama = {shape: r["tokens_per_s"]["llama_cpp_f32"] / r["tokens_per_s"]["ours"]
+             for shape, r in measured.items() if r["tokens_per_s"]["llama_cpp_f32"] and r["tokens_per_s"]["ours"]}
+    fraction = (bench.get("roofline") or {}).get("fraction", {}).get("ours")
+    return {
+        "speedup_over_faster_transformers_at_least": TARGET_SPEEDUP,
+        "speedup_met": None if ratio is None else ratio >= TARGET_SPEEDUP,
+        "memory_at_most_faster_transformers_met": (peak["ours"] <= peak[faster] if faster and peak.get("ours")
+                                                   and peak.get(faster) else None),
+        "llama_cpp_f32_over_ours": llama,
+        "within_llama_cpp_met": {shape: r <= TARGET_WITHIN_LLAMA_CPP for shape, r in llama.items()},
+        "faster_than_llama_cpp_at_benchmark_shape_met": llama["benchmark"] < 1.0 if "benchmark" in llama else None,
+        "roofline_fraction_at_least": TARGET_ROOFLINE_FRACTION,
+        "roofline_met": None if fraction is None else fraction >= TARGET_ROOFLINE_FRACTION,
+    }
+
+
 def _summary(record: dict[str, Any]) -> str:
-    """The side table, whether the targets were met, and the memory sweep (the JSON holds the rest)."""
-    settings, targets, sweep = record["settings"], record["targets"], record["memory_sweep"]
-    lines = [f"{record['model']}  {record['dtype']}  prompts {record['prompts']['token_lengths']} x "
-             f"{settings['num_samples']} samples x {settings['max_new_tokens']} new tokens",
-             common.table(common.SIDE_COLUMNS + ["call peak MiB", "proc peak MiB", "compile s"], common.side_rows(
-                 record, lambda side, r: [r["memory"]["sampling_peak_rss_mib"], r["memory"]["process_peak_rss_mib"],
-                                          r.get("compile_s")])),
-             f"ours / transformers = {common.cell(record['ratio_ours_over_transformers'])} (target >= "
-             f"{TARGET_SPEEDUP:g} met: {targets['speedup_met']}); memory below theirs: "
-             f"{targets['memory_below_transformers_met']}; equal work checked: {record['equal_work_checked']}"]
+    """Each shape's side table, the targets, and the memory sweep (the JSON holds the rest)."""
+    lines = [f"{record['model']}  {record['dtype']}"]
+    for shape, r in (("benchmark", record), ("quickstart", record.get("quickstart_shape"))):
+        if not r or "settings" not in r:
+            continue
+        s = r["settings"]
+        lines.append(f"{shape}: prompts {r['prompts']['token_lengths'][:8]}... x {s['num_samples']} samples x "
+                     f"{s['max_new_tokens']} new tokens; roofline {r['roofline']['tokens_per_s_at_roofline']:.0f} "
+                     f"tokens/s ({r['roofline']['best_gflop_per_s']:.0f} GFLOP/s)")
+        lines.append(common.table(["side", "tokens/s", "ours / side", "roofline fraction", "median s", "peak MiB"], [
+            [n, r["tokens_per_s"][n], r["ratio_ours_over"].get(n), r["roofline"]["fraction"].get(n),
+             side["timing"]["median_s"], r["peak_rss_mib"][n]["process"]] for n, side in r["sides"].items()]))
+    lines.append(f"targets: {record['targets']}")
+    sweep = record["memory_sweep"]
     if sweep:
         lines.append(common.table([f"m ({sweep['prompt_tokens']}-token prompt)", "call peak MiB", "call growth MiB",
                                    "process peak MiB"], [[p["num_samples"], p["call_peak_rss_mib"],

@@ -30,27 +30,39 @@ def _run(module: str, output: pathlib.Path, *args: str) -> dict:
 
 def test_sampler_benchmark_smoke(tmp_path):
     record = _run("benchmarks.sampler", tmp_path / "sampler.json", "--repeats", "1", "--warmup", "0",
-                  "--sweep_samples", "1,3")
+                  "--sweep_samples", "1,3", "--sides", "ours,transformers_one_call,transformers_per_prompt")
     settings = record["settings"]
     assert (settings["num_prompts"], settings["num_samples"], settings["max_new_tokens"]) == (3, 4, 8)
     assert record["sampled_tokens_per_call"] == 3 * 4 * 8
-    assert record["tokens_per_s"]["ours"] > 0 and record["tokens_per_s"]["transformers"] > 0
-    assert record["ratio_ours_over_transformers"] > 0
+    rates = record["tokens_per_s"]
+    assert set(rates) == {"ours", "transformers_one_call", "transformers_per_prompt", "llama_cpp_f32",
+                          "llama_cpp_q4_1"}
+    assert all(rates[side] > 0 for side in ("ours", "transformers_one_call", "transformers_per_prompt"))
+    assert rates["llama_cpp_f32"] is None  # not asked for (and llama_cpp is never an lsi dependency)
+    faster = max(("transformers_one_call", "transformers_per_prompt"), key=rates.get)
+    assert record["faster_transformers"] == faster
+    assert record["ratio_ours_over_faster_transformers"] == pytest.approx(rates["ours"] / rates[faster])
     assert record["equal_work_checked"] is True
-    assert record["ours"]["check"]["new_tokens_min"] == 8 and record["transformers"]["check"]["new_tokens"] == 8
-    assert record["transformers"]["effective_eos_token_id"] is None
-    assert record["compile_s_ours"] > 0
-    for side in ("ours", "transformers"):
+    sides = record["sides"]
+    assert sides["ours"]["check"]["new_tokens_min"] == 8 and sides["transformers_per_prompt"]["check"]["new_tokens"] == 8
+    assert sides["transformers_one_call"]["prompts_per_generate_call"] == 3
+    assert sides["transformers_per_prompt"]["prompts_per_generate_call"] == 1
+    assert sides["transformers_one_call"]["effective_eos_token_id"] is None
+    assert sides["ours"]["compile_s"] > 0
+    for side in ("ours", "transformers_one_call", "transformers_per_prompt"):
         assert record["peak_rss_mib"][side]["process"] > 0 and record["peak_rss_mib"][side]["during_timed_calls"] > 0
         assert record["breakdown"][side]["prefill_s"] > 0
-    assert set(record["targets"]) >= {"speedup_met", "memory_below_transformers_met"}
-    assert len(record["prompts"]["token_lengths"]) == 3 and record["prompts"]["padded_shape_ours"][1] >= 32
+    roofline = record["roofline"]
+    assert roofline["best_gflop_per_s"] > 0 and roofline["tokens_per_s_at_roofline"] > 0
+    assert roofline["fraction"]["ours"] == pytest.approx(rates["ours"] / roofline["tokens_per_s_at_roofline"])
+    assert set(record["targets"]) >= {"speedup_met", "memory_at_most_faster_transformers_met", "roofline_met"}
+    assert len(record["prompts"]["token_lengths"]) == 3 and record["quickstart_shape"] is None
     sweep = record["memory_sweep"]
     assert [p["num_samples"] for p in sweep["points"]] == [1, 3]
     assert all(p["call_peak_rss_mib"] > 0 and p["all_full_length"] for p in sweep["points"])
     # k and v, 2 layers, 8 new tokens, 4 kv heads, head_dim 16, float32
     assert sweep["analytic"]["generated_kv_cache_bytes_per_sample"] == 2 * 2 * 8 * 4 * 16 * 4
-    assert set(record["quiet_machine"]) == {"comparison", "memory_sweep"}
+    assert set(record["quiet_machine"]) == {"benchmark", "memory_sweep"}
     assert "unchanged_during_run" in record["code_sha256_16"]
     assert record["machine"]["usable_cores"] >= 1 and record["command"]
 
@@ -152,3 +164,20 @@ def test_trainer_benchmark_smoke(tmp_path):
     assert record["custom_grads_speedup"] > 0
     record = gpu_trainer.run("tiny", 8, 32, 1, "none", warmup=1, repeats=1, peak_flops=None)
     assert record["tokens_per_s"] > 0 and record["mfu_vs_measured_matmul"] > 0
+
+
+def test_gpu_check_smoke_runs_every_step_on_the_cpu(tmp_path):
+    """benchmarks/gpu_check.sh --smoke, as CI runs it: the tiny model through the GPU check's correctness and speed
+    steps on the CPU's 8 simulated devices."""
+    output = tmp_path / "gpu_check.json"
+    result = subprocess.run(["benchmarks/gpu_check.sh", "--smoke", "--output", str(output)], cwd=REPO,
+                            env={**os.environ, "PYTHON": sys.executable}, capture_output=True, text=True,
+                            timeout=900, check=False)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    record = json.loads(output.read_text())
+    assert record["smoke"] and record["passed"], record
+    assert record["logits"]["argmax_agreement"] >= 0.9 and 0 < record["logits"]["rms_error_over_reference_std"] <= 0.05
+    assert record["sharding"]["tokens_equal"] and record["sharding"]["devices"] == 8
+    assert record["sampler"]["tokens_per_s"]["ours"] > 0
+    assert record["trainer"]["custom_grads"] is True and record["trainer_autodiff"]["custom_grads"] is False
+    assert record["trainer"]["mfu_vs_measured_matmul"] > 0
