@@ -10,15 +10,16 @@ import os
 import socket
 from typing import Any
 
-from lsi.lineage import code_version, fingerprint_model
+from lsi import lineage
 from lsi.self_improve.manifest import package_versions
 
 
 def model_provenance(model: str | os.PathLike) -> dict[str, Any]:
-    """The model as given (a packaged name or a path), the file or folder it resolved to, and its fingerprint."""
+    """The model as given (a packaged name or a path), the file or folder it resolved to, and its fingerprint (the
+    lineage's own, so the two always agree)."""
     from lsi.checkpoints.registry import resolve_model_path  # noqa: PLC0415
 
-    return {"name": str(model), "path": str(resolve_model_path(model)), "fingerprint": fingerprint_model(model)}
+    return {"name": str(model), "path": str(resolve_model_path(model)), "fingerprint": lineage.fingerprint_model(model)}
 
 
 def provenance(model: str | os.PathLike | None, prompter: Any = None, gin_config: str | None = None
@@ -35,7 +36,7 @@ def provenance(model: str | os.PathLike | None, prompter: Any = None, gin_config
     return {
         "model": None if model is None else model_provenance(model),
         "prompt_style": None if prompter is None else prompter.describe(),
-        "code": code_version(),
+        "code": lineage.code_version(),
         "packages": package_versions(),
         "host_count": jax.process_count(),
         "device_count": jax.device_count(),

@@ -236,7 +236,7 @@ def _reruns_refuse_changed_inputs_and_restart_replaces_them(run_dir):
 def test_generation_stages_feed_table6_and_figure3(tmp_path, monkeypatch):
     from helpers.scripted_lm import ScriptedLM  # noqa: PLC0415
 
-    from lsi import lineage  # noqa: PLC0415
+    from lsi import lineage, provenance  # noqa: PLC0415
     from lsi import main as lsi_main  # noqa: PLC0415
     from lsi.batch_decoding import LoadedModel  # noqa: PLC0415
     from lsi.vocab import load_vocabulary  # noqa: PLC0415
@@ -249,6 +249,7 @@ def test_generation_stages_feed_table6_and_figure3(tmp_path, monkeypatch):
                         lambda self, ckpt: loaded.append(ckpt) or LoadedModel(lm, None, vocab, lm.max_length))
     monkeypatch.setattr(Experiment, "vocabulary", lambda self, ckpt: vocab)
     monkeypatch.setattr(lineage, "fingerprint_model", lambda ckpt: f"sha256 of {ckpt}")
+    monkeypatch.setattr(provenance, "model_provenance", lambda ckpt: {"name": ckpt})  # no file to resolve
     parse_gin([], [
         f"lsi.Experiment.run_dir = '{tmp_path}'",
         "lsi.Experiment.model = 'base-model'",
