@@ -241,8 +241,8 @@ def _side_factory(name: str, source: ModelSource, workload: Workload, eos_id: in
 
     if not source.ours.endswith(".gguf"):
         raise ValueError(f"{name} needs a GGUF checkpoint; {source.description} is not one.")
-    path = source.ours if name == "llama_cpp_q4_1" else str(gguf_export.export_f32(source.ours))
-    return llama_cpp_side.LlamaCppSampler, (path, workload, args.threads), {}
+    path = source.ours if name == "llama_cpp_q4_1" else str(gguf_export.unquantized_gguf(source.ours, "f32"))
+    return llama_cpp_side.LlamaCppSampler, (path, workload, args.threads, eos_id), {}
 
 
 def available_sides(requested: Sequence[str]) -> list[str]:
