@@ -11,8 +11,11 @@ them in alternating rounds (ours, theirs; theirs, ours; ...) so that load from o
 Tokens/s is prompts * samples * new_tokens / median wall time over `--repeats` calls after `--warmup` calls; our
 compile time is measured separately (ahead-of-time `lower().compile()`, so no timed or warmup call includes it).
 
-    # the benchmark -> benchmarks/results/sampler_cpu.json (30-60 minutes on 2 cores)
+    # the benchmark -> benchmarks/results/sampler_cpu.json (about an hour on 2 cores, five sides, two shapes)
     python -m benchmarks.sampler
+    # llama.cpp's sides run where `llama_cpp` imports, never in lsi's own venv: build llama-cpp-python (PyPI sdist)
+    # into a venv of its own that also sees lsi's (a .pth line: import site; site.addsitedir('<.venv site-packages>'))
+    # and run the benchmark with that venv's python
     # seconds: a tiny random-weight model (transformers gets the same weights through a HF directory)
     python -m benchmarks.sampler --config tiny --output /tmp/sampler_tiny.json
     # only the memory experiment (our peak memory for m samples of one ~1500-token prompt)
