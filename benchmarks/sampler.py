@@ -428,6 +428,14 @@ def _roofline(source: ModelSource, workload: Workload, args: argparse.Namespace)
     return value
 
 
+def workload_settings(workload: Workload) -> dict[str, Any]:
+    """What every side was asked to sample, as the result files record it."""
+    return {"num_prompts": len(workload.prompts), "num_samples": workload.num_samples,
+            "max_new_tokens": workload.max_new_tokens, "temperature": workload.temperature, "top_k": workload.top_k,
+            "top_p": 1.0, "eos": "ignored (no early stop on any side)", "seed": workload.seed,
+            "warmup": workload.warmup, "repeats": workload.repeats}
+
+
 def shape_record(workload: Workload, prompt_sources: list[str], results: dict[str, dict[str, Any]],
                  roof: dict[str, Any]) -> dict[str, Any]:
     """One shape's figures: every side's tokens/s, ours over each side and over the faster transformers, the
@@ -439,10 +447,7 @@ def shape_record(workload: Workload, prompt_sources: list[str], results: dict[st
     faster = max(transformers, key=transformers.get) if transformers else None
     lengths = [len(p) for p in workload.prompts]
     return {
-        "settings": {"num_prompts": len(workload.prompts), "num_samples": workload.num_samples,
-                     "max_new_tokens": workload.max_new_tokens, "temperature": workload.temperature,
-                     "top_k": workload.top_k, "top_p": 1.0, "eos": "ignored (no early stop on any side)",
-                     "seed": workload.seed, "warmup": workload.warmup, "repeats": workload.repeats},
+        "settings": workload_settings(workload),
         "prompts": {"token_lengths": lengths, "mean_tokens": float(np.mean(lengths)), "sources": prompt_sources},
         "sampled_tokens_per_call": workload.sampled_tokens_per_call,
         "tokens_per_s": tokens_per_s,
@@ -464,10 +469,7 @@ def comparison_record(workload: Workload, ours: dict | None, theirs: dict | None
     sides = {side: r for side, r in (("ours", ours), ("transformers", theirs)) if r}
     lengths = [len(p) for p in workload.prompts]
     return {
-        "settings": {"num_prompts": len(workload.prompts), "num_samples": workload.num_samples,
-                     "max_new_tokens": workload.max_new_tokens, "temperature": workload.temperature,
-                     "top_k": workload.top_k, "top_p": 1.0, "eos": "ignored (no early stop on either side)",
-                     "seed": workload.seed, "warmup": workload.warmup, "repeats": workload.repeats},
+        "settings": workload_settings(workload),
         "prompts": {"token_lengths": lengths, "mean_tokens": float(np.mean(lengths)),
                     "padded_shape_ours": ours["padded_prompt_shape"] if ours else None,
                     "padded_shape_transformers": theirs["padded_prompt_shape"] if theirs else None},
