@@ -6,7 +6,7 @@ import pathlib
 import gin
 import pytest
 
-from helpers.toy import save_tiny_checkpoint
+from helpers.toy import save_tiny_checkpoint, tiny_stage_bindings
 from lsi.lineage import LineageError, fingerprint_model
 from lsi.main import Experiment, parse_gin, run_stage
 from lsi.stage_lineage import seal
@@ -109,31 +109,8 @@ def tiny_checkpoint(tmp_path_factory):
 
 @pytest.mark.parametrize("style", ["plain", "chat"])
 def test_stages_run_in_order_through_the_entry_point(style, tiny_checkpoint, tmp_path):
-    parse_gin([], [
-        f"lsi.Experiment.run_dir = '{tmp_path}'",
-        f"lsi.Experiment.model = '{tiny_checkpoint}'",
-        f"lsi.Experiment.prompt_style = '{style}'",
-        "lsi.Experiment.task = 'arithmetic'",
-        "lsi.Experiment.task_kwargs = {'pool_size': 4, 'eval_size': 3}",
-        "lsi.Experiment.sample = @lsi.SampleStageConfig()",
-        "lsi.SampleStageConfig.num_samples = 3",
-        "lsi.SampleStageConfig.max_new_tokens = 6",
-        "lsi.SampleStageConfig.num_shards = 2",
-        # A random model states no parseable answer, so the vote keeps nothing: allowed here, labels come by hand.
-        "lsi.Experiment.vote = @lsi.VoteStageConfig()",
-        "lsi.VoteStageConfig.allow_empty = True",
-        "lsi.Experiment.eval = @lsi.EvalConfig()",
-        "lsi.EvalConfig.modes = ('cot_greedy', 'self_consistency')",
-        "lsi.EvalConfig.num_samples = 2",
-        "lsi.EvalConfig.max_new_tokens = 6",
-        "lsi.EvalConfig.subsample_sizes = (1, 2)",
-        "lsi.Experiment.train = @lsi.TrainConfig()",
-        "lsi.TrainConfig.steps = 2",
-        "lsi.TrainConfig.batch_size = 2",
-        "lsi.TrainConfig.seq_length = 512",
-        "lsi.TrainConfig.checkpoint_every = 1",
-        "lsi.TrainConfig.progress_bar = False",
-    ])
+    # A random model states no parseable answer, so the vote keeps nothing: allowed here, labels come by hand.
+    parse_gin([], [*tiny_stage_bindings(tmp_path, tiny_checkpoint), f"lsi.Experiment.prompt_style = '{style}'"])
     experiment = Experiment()
     manifest = run_stage(experiment, "sample")["arithmetic"]
     assert manifest["counts"]["samples_expected"] == 12 and manifest["config"]["prompt_style"] == style

@@ -20,7 +20,7 @@ import os
 import gin
 import pytest
 from helpers.object_store import fake_gcs
-from helpers.toy import save_tiny_checkpoint
+from helpers.toy import save_tiny_checkpoint, tiny_stage_bindings
 
 from lsi import main as lsi_main
 from lsi.main import Experiment, parse_gin, run_stage
@@ -52,30 +52,7 @@ def route_native_io(store, monkeypatch):
 
 
 def _bindings(model) -> list[str]:
-    return [
-        f"lsi.Experiment.run_dir = '{RUN_DIR}'",
-        f"lsi.Experiment.model = '{model}'",
-        "lsi.Experiment.task = 'arithmetic'",
-        "lsi.Experiment.task_kwargs = {'pool_size': 4, 'eval_size': 3}",
-        "lsi.Experiment.sample = @lsi.SampleStageConfig()",
-        "lsi.SampleStageConfig.num_samples = 3",
-        "lsi.SampleStageConfig.max_new_tokens = 6",
-        "lsi.SampleStageConfig.num_shards = 2",
-        "lsi.Experiment.vote = @lsi.VoteStageConfig()",
-        "lsi.VoteStageConfig.allow_empty = True",
-        "lsi.Experiment.eval = @lsi.EvalConfig()",
-        "lsi.EvalConfig.modes = ('cot_greedy', 'self_consistency')",
-        "lsi.EvalConfig.num_samples = 2",
-        "lsi.EvalConfig.max_new_tokens = 6",
-        "lsi.EvalConfig.subsample_sizes = (1, 2)",
-        "lsi.Experiment.train = @lsi.TrainConfig()",
-        "lsi.TrainConfig.steps = 2",
-        "lsi.TrainConfig.batch_size = 2",
-        "lsi.TrainConfig.seq_length = 512",
-        "lsi.TrainConfig.checkpoint_every = 1",
-        "lsi.TrainConfig.log_every = 1",
-        "lsi.TrainConfig.progress_bar = False",
-    ]
+    return [*tiny_stage_bindings(RUN_DIR, model), "lsi.TrainConfig.log_every = 1"]
 
 
 def _hand_labels(votes_dir) -> None:

@@ -64,3 +64,32 @@ def answering_checkpoint(directory, steps: int = 24, pool_size: int = 32, prompt
                          progress_bar=False, optimizer=OptimizerConfig(name="adamw", learning_rate=1e-2))
     result = finetune(config, directory / "random", name, directory / "train", vocab, stop_ids=prompter.eos_ids)
     return pathlib.Path(result["hf_directory"])
+
+
+def tiny_stage_bindings(run_dir, model) -> list[str]:
+    """Gin bindings that run every stage on `model` in seconds: 4 arithmetic pool questions x 3 samples, 2 train
+    steps, a 3-question eval. A random model states no parseable answer, so the vote may keep nothing (labels then
+    come by hand)."""
+    return [
+        f"lsi.Experiment.run_dir = '{run_dir}'",
+        f"lsi.Experiment.model = '{model}'",
+        "lsi.Experiment.task = 'arithmetic'",
+        "lsi.Experiment.task_kwargs = {'pool_size': 4, 'eval_size': 3}",
+        "lsi.Experiment.sample = @lsi.SampleStageConfig()",
+        "lsi.SampleStageConfig.num_samples = 3",
+        "lsi.SampleStageConfig.max_new_tokens = 6",
+        "lsi.SampleStageConfig.num_shards = 2",
+        "lsi.Experiment.vote = @lsi.VoteStageConfig()",
+        "lsi.VoteStageConfig.allow_empty = True",
+        "lsi.Experiment.eval = @lsi.EvalConfig()",
+        "lsi.EvalConfig.modes = ('cot_greedy', 'self_consistency')",
+        "lsi.EvalConfig.num_samples = 2",
+        "lsi.EvalConfig.max_new_tokens = 6",
+        "lsi.EvalConfig.subsample_sizes = (1, 2)",
+        "lsi.Experiment.train = @lsi.TrainConfig()",
+        "lsi.TrainConfig.steps = 2",
+        "lsi.TrainConfig.batch_size = 2",
+        "lsi.TrainConfig.seq_length = 512",
+        "lsi.TrainConfig.checkpoint_every = 1",
+        "lsi.TrainConfig.progress_bar = False",
+    ]
