@@ -211,7 +211,7 @@ def record_screen(results: dict[str, Any], setting: str, run_dir: pathlib.Path) 
 
 
 def _screen_row(label: str, cell: dict[str, Any]) -> str:
-    """A README row: accuracies, SC - greedy with its paired interval and p, kept-path precision, share >= 0.7."""
+    """A screen table row (docs/lmsi_search.md): accuracies, SC - greedy with its paired interval and p, kept-path precision, share >= 0.7."""
     pct = lambda x: f"{100 * x:.1f}%"  # noqa: E731
     d = cell["sc_minus_greedy"]
     by_threshold = {round(t["threshold"], 2): t for t in cell["pseudo_labels"]}
@@ -225,7 +225,7 @@ def _screen_row(label: str, cell: dict[str, Any]) -> str:
 
 
 def screen_table(results: dict[str, Any]) -> str:
-    """The screen grid as README's markdown table, settings in SCREEN_SETTINGS order."""
+    """The screen grid as docs/lmsi_search.md's markdown table, settings in SCREEN_SETTINGS order."""
     rows = ["| task setting | style | T | n | greedy CoT | one path | self-consistency | SC - greedy [95% CI], "
             "McNemar p | kept right | at share >= 0.7 |", "|---|---|---|---|---|---|---|---|---|---|"]
     for setting in [s for s in SCREEN_SETTINGS if s in results.get("screen", {})]:
