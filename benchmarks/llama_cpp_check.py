@@ -58,7 +58,7 @@ def measure_llama_cpp(gguf_path: str, workload: sampler.Workload, threads: int, 
     from benchmarks.llama_cpp_side import LlamaCppSampler  # noqa: PLC0415  (the side's process imports llama_cpp)
 
     with common.start_side(LlamaCppSampler, gguf_path, workload, threads, eos_id, args.kv_cache_type,
-                           args.prompts_per_batch) as side:
+                           args.prompts_per_batch, args.kv_unified) as side:
         timing = common.time_sides({"llama.cpp": side}, warmup=workload.warmup, repeats=workload.repeats)["llama.cpp"]
         report = side.call("report", timing["median_s"], True)
         greedy = side.call("greedy", greedy_prompts, greedy_tokens)
@@ -79,6 +79,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--exemplars", type=int, default=4, help="CoT exemplars per prompt (as benchmarks.sampler)")
     parser.add_argument("--kv_cache_type", choices=("f32", "f16"), default="f32")
     parser.add_argument("--prompts_per_batch", type=int, default=1)
+    parser.add_argument("--no_kv_unified", dest="kv_unified", action="store_false",
+                        help="a KV stream per sequence instead of one shared pool of cells")
+    parser.add_argument("--formats", default="F32,Q4_1", help="which files to time: F32 (written from the same "
+                        "tensors) and/or Q4_1 (the packaged file)")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--cache_dir", default=None, help="where the F32 copy is cached (gguf_export's default)")
@@ -98,6 +102,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     greedy_prompts = ours["prompts"][:args.greedy_prompts]
     results = {}
     for name, path in (("F32", f32_path), ("Q4_1", ours["path"])):
+        if name not in args.formats.split(","):
+            continue
         print(f"[llama.cpp check] llama.cpp {name}: {len(workload.prompts)} prompts "
               f"{[len(p) for p in workload.prompts]} x {args.samples} samples x {args.new_tokens} tokens", flush=True)
         result = measure_llama_cpp(path, workload, args.threads, ours["eos_id"], greedy_prompts, args.greedy_tokens,
@@ -128,3 +134,7 @@ def summary(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> str
                      f"prefill {r['breakdown']['prefill_s']:.3f} s, "
                      f"decode step {r['breakdown']['decode_step_s']:.4f} s")
     return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

@@ -59,16 +59,21 @@ def load_model(gguf_path: str | os.PathLike) -> Any:
     return model
 
 
-def new_context(model: Any, n_ctx: int, n_batch: int, n_sequences: int, threads: int, kv_cache_type: str) -> Any:
-    """A context whose unified KV cache holds `n_ctx` cells over `n_sequences` sequences, decoding up to `n_batch`
-    tokens per call in one physical batch (n_ubatch = n_batch: a whole prompt is prefilled in one pass), with room
-    for the logits of one token per sequence (all a decode step samples from; a prefill needs one row)."""
+def new_context(model: Any, n_ctx: int, n_batch: int, n_sequences: int, threads: int, kv_cache_type: str,
+                kv_unified: bool = True) -> Any:
+    """A context whose KV cache holds `n_ctx` cells over `n_sequences` sequences, decoding up to `n_batch` tokens per
+    call in one physical batch (n_ubatch = n_batch: a whole prompt is prefilled in one pass), with room for the
+    logits of one token per sequence (all a decode step samples from; a prefill needs one row).
+
+    Unified: the sequences share one pool of cells (a prompt copied to its samples is stored once), and every token
+    attends over all of the pool's cells in use, masked. Not unified: each sequence has a stream of n_ctx /
+    n_sequences cells of its own (a copied prompt is stored per sample) and attends over its own."""
     params = llama_cpp.llama_context_default_params()
     params.n_ctx, params.n_batch, params.n_ubatch = n_ctx, n_batch, n_batch
     params.n_seq_max = params.n_outputs_max = n_sequences
     params.n_threads = params.n_threads_batch = threads
     params.type_k = params.type_v = KV_CACHE_TYPES[kv_cache_type]
-    params.kv_unified = True  # sequences share cells: a prompt's cache is stored once for its m samples
+    params.kv_unified = kv_unified
     params.no_perf = True
     ctx = llama_cpp.llama_init_from_model(model, params)
     if not ctx:
@@ -150,12 +155,16 @@ def sample_group(ctx: Any, batch: Batch, chain: Any, prompts: Sequence[Sequence[
     return tokens
 
 
-def group_sizes(prompts: Sequence[Sequence[int]], group: int, num_samples: int, max_new_tokens: int
-                ) -> tuple[int, int]:
-    """(KV cells, batch tokens) the largest group of `group` prompts needs: its prompts once, every sample's
-    generated tokens (all but the last are fed back), and a batch that holds a whole prompt or one decode step."""
+def group_sizes(prompts: Sequence[Sequence[int]], group: int, num_samples: int, max_new_tokens: int,
+                kv_unified: bool = True) -> tuple[int, int]:
+    """(KV cells, batch tokens) the largest group of `group` prompts needs, and a batch that holds a whole prompt or
+    one decode step. Unified: its prompts once and every sample's generated tokens (all but the last are fed back);
+    not unified: a stream per sample, each as long as the longest prompt and its generated tokens."""
     groups = [prompts[i:i + group] for i in range(0, len(prompts), group)]
-    cells = max(sum(len(p) for p in g) + len(g) * num_samples * (max_new_tokens - 1) for g in groups)
+    if kv_unified:
+        cells = max(sum(len(p) for p in g) + len(g) * num_samples * (max_new_tokens - 1) for g in groups)
+    else:
+        cells = min(group, len(prompts)) * num_samples * (max(len(p) for p in prompts) + max_new_tokens)
     return cells, max(max(len(p) for p in prompts), group * num_samples)
 
 
@@ -175,20 +184,23 @@ class LlamaCppSampler(common.Side):
     default)."""
 
     def __init__(self, gguf_path: str | os.PathLike, workload: sampler.Workload, threads: int,
-                 eos_id: int | None = None, kv_cache_type: str = "f32", prompts_per_batch: int = 1) -> None:
+                 eos_id: int | None = None, kv_cache_type: str = "f32", prompts_per_batch: int = 1,
+                 kv_unified: bool = True) -> None:
         quiet_logs()
         m = workload.num_samples
         if m > MAX_SEQUENCES:
             raise ValueError(f"llama.cpp holds at most {MAX_SEQUENCES} sequences per context; m = {m}")
         self.gguf_path, self.workload, self.threads, self.eos_id = os.fspath(gguf_path), workload, threads, eos_id
-        self.kv_cache_type = kv_cache_type
+        self.kv_cache_type, self.kv_unified = kv_cache_type, kv_unified
         self.prompts_per_batch = max(1, min(prompts_per_batch, len(workload.prompts), MAX_SEQUENCES // m))
         start = time.perf_counter()
         self.model = load_model(self.gguf_path)
         self.load_s = time.perf_counter() - start
         self.n_vocab = llama_cpp.llama_vocab_n_tokens(llama_cpp.llama_model_get_vocab(self.model))
-        cells, n_batch = group_sizes(workload.prompts, self.prompts_per_batch, m, workload.max_new_tokens)
-        self.ctx = new_context(self.model, cells, n_batch, self.prompts_per_batch * m, threads, kv_cache_type)
+        cells, n_batch = group_sizes(workload.prompts, self.prompts_per_batch, m, workload.max_new_tokens,
+                                     kv_unified)
+        self.ctx = new_context(self.model, cells, n_batch, self.prompts_per_batch * m, threads, kv_cache_type,
+                               kv_unified)
         self.batch = Batch(n_batch)
 
     def sample(self, max_new_tokens: int | None = None) -> np.ndarray:
@@ -208,8 +220,9 @@ class LlamaCppSampler(common.Side):
     def greedy(self, prompts: Sequence[Sequence[int]], new_tokens: int) -> np.ndarray:
         """int32 [prompts, new_tokens]: argmax continuations of `prompts`, decoded together in a context of their
         own (same threads and cache type), no early stop."""
-        cells, n_batch = group_sizes(prompts, len(prompts), 1, new_tokens)
-        ctx = new_context(self.model, cells, n_batch, len(prompts), self.threads, self.kv_cache_type)
+        cells, n_batch = group_sizes(prompts, len(prompts), 1, new_tokens, self.kv_unified)
+        ctx = new_context(self.model, cells, n_batch, len(prompts), self.threads, self.kv_cache_type,
+                          self.kv_unified)
         batch, chain = Batch(n_batch), greedy_chain()
         try:
             return sample_group(ctx, batch, chain, prompts, 1, new_tokens)[:, 0]
@@ -232,12 +245,13 @@ class LlamaCppSampler(common.Side):
             "gguf_file": self.gguf_path,
             "model": model_description(self.model),
             "prompt_tokens": [len(p) for p in self.workload.prompts],
-            "layout": f"unpadded; {self.prompts_per_batch} prompt(s) per batch, each prefilled once and shared by "
-                      "its samples' sequences (unified KV cache, llama_memory_seq_cp)",
+            "layout": f"unpadded; {self.prompts_per_batch} prompt(s) per batch, each prefilled once and copied to "
+                      f"its samples' sequences (llama_memory_seq_cp; {'unified' if self.kv_unified else 'per-sequence'}"
+                      " KV cache)",
             "context": {"n_ctx": llama_cpp.llama_n_ctx(self.ctx), "n_batch": llama_cpp.llama_n_batch(self.ctx),
                         "n_ubatch": llama_cpp.llama_n_ubatch(self.ctx),
                         "n_seq_max": llama_cpp.llama_n_seq_max(self.ctx),
-                        "kv_unified": True, "kv_cache_type": self.kv_cache_type, "flash_attn": "auto"},
+                        "kv_unified": self.kv_unified, "kv_cache_type": self.kv_cache_type, "flash_attn": "auto"},
             "sampler_chain": f"top_k({self.workload.top_k}) -> temp({self.workload.temperature}) -> "
                              f"dist(seed {self.workload.seed})",
             "load_s": self.load_s,

@@ -13,6 +13,7 @@ import hashlib
 import time
 from typing import Any, Iterable, Iterator, Sequence
 
+import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -87,6 +88,8 @@ class LoadedModel:
     mesh: jax.sharding.Mesh | None = None
 
 
+# Gin reaches only the settings that change speed, never a sample: `lsi.BatchSampler.retire_stages = 0`.
+@gin.configurable(module="lsi", allowlist=["retire_stages", "sort_window", "min_bucket"])
 @dataclasses.dataclass
 class BatchSampler:
     """Samples `num_samples` continuations for every request, `batch_size` prompts per device call."""
@@ -110,6 +113,9 @@ class BatchSampler:
     # this, is prefilled once per batch instead of once per row; 0 prefills every row in full. Rounding keeps the
     # number of compiled shapes small; results equal the unshared prefill up to float rounding.
     shared_prefix_block: int = 64
+    # A batch decodes until its last sample stops, and a step costs every row; when half the prompts are done they
+    # leave and the batch goes on at half the rows, up to this many times (one compiled decode step each).
+    retire_stages: int = 2
     progress: bool = True
 
     @classmethod
@@ -127,6 +133,7 @@ class BatchSampler:
             num_samples=self.num_samples, max_new_tokens=self.max_new_tokens, method=self.method,
             eos_ids=tuple(int(e) for e in eos if e is not None and e >= 0),
             stop_sequences=stop_token_sequences(self.vocab, self.stop_strings), argmax_samples=self.argmax_samples,
+            retire_stages=self.retire_stages,
         )
         self._sampler = make_sampler(self.lm, self.spec, self.mesh)
         self.stats = {"prompts": 0, "sampled_tokens": 0, "batches": 0, "padding_rows": 0, "shared_prefix_tokens": 0,

@@ -6,6 +6,9 @@ samples of one long prompt grows with m only by the generated part. Sample j of 
 from `fold_in(fold_in(fold_in(seed, i), j), step)`, so its tokens do not depend on which other prompts share the
 batch, on padding, or on how the batch is sharded.
 
+A batch decodes until its last sample stops, and a step costs every row; once half its prompts are done they leave,
+and the loop goes on at half the rows (`retire_stages` times at most), which changes no sample.
+
 How a token is picked is a `SamplingMethod` (`lsi.sampling_methods`). Text-level work (decoding ids, cutting at
 stop strings) happens on the host in `lsi.batch_decoding`.
 """
@@ -22,8 +25,8 @@ import numpy as np
 
 from lsi.models.configs import TransformerConfig
 from lsi.models.transformer import (DecodeCache, LayerwiseDecodeCache, Transformer, decode_layerwise,
-                                    init_decode_cache, layerwise_cache, split_layers)
-from lsi.partitioning import activation_sharding, constrain
+                                    init_decode_cache, layerwise_cache, split_layers, take_cache_rows)
+from lsi.partitioning import activation_sharding, batch_devices, constrain
 from lsi.sampling_methods import Greedy, SamplingMethod, Temperature
 
 Array = jax.Array
@@ -59,6 +62,9 @@ class LanguageModel(Protocol):
 
     def decode(self, decode_params: Any, tokens: Array, positions: Array, cache: Any) -> tuple[Array, Any]:
         """tokens, positions [batch, samples] -> (logits [batch, samples, vocab], updated cache)."""
+
+    def take_rows(self, cache: Any, rows: Array) -> Any:
+        """The cache of batch rows `rows` [new_batch] int32, in that order (the sampler drops finished prompts)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,6 +119,10 @@ class TransformerLM:
                                                   method=Transformer.decode)
         params, layer_params = decode_params
         return decode_layerwise(self.config, params, layer_params, tokens, positions, cache)
+
+    def take_rows(self, cache: DecodeCache | LayerwiseDecodeCache, rows: Array
+                  ) -> DecodeCache | LayerwiseDecodeCache:
+        return take_cache_rows(cache, rows)
 
 
 def sample_keys(seed: int | Array, example_ids: Array, num_samples: int, argmax_samples: int = 0) -> Array:
@@ -170,27 +180,54 @@ def _ends_with_stop(generated: Array, step: Array, table: Array, stop_lengths: A
 
 @flax.struct.dataclass
 class _LoopState:
+    """The decode loop's state over its slots: one slot per prompt still in the batch (see `retire_stages`)."""
+
     step: Array  # [] int32: index of the token chosen last
-    tokens: Array  # [batch, samples, max_new]
-    log_probs: Array  # [batch, samples, max_new]
-    done: Array  # [batch, samples] bool
-    lengths: Array  # [batch, samples]
-    finish_reason: Array  # [batch, samples]
+    rows: Array  # [slots] int32: the batch row (prompt) each slot decodes
+    prompt_lengths: Array  # [slots] int32
+    keys: Array  # [slots, samples, 2] per-sample PRNG keys, folded with the step
+    tokens: Array  # [slots, samples, max_new]
+    log_probs: Array  # [slots, samples, max_new]
+    done: Array  # [slots, samples] bool
+    lengths: Array  # [slots, samples]
+    finish_reason: Array  # [slots, samples]
     cache: Any
 
     @classmethod
-    def start(cls, shape: tuple[int, int], max_new_tokens: int, pad_id: int, cache: Any) -> "_LoopState":
-        return cls(step=jnp.zeros((), jnp.int32), tokens=jnp.full((*shape, max_new_tokens), pad_id, jnp.int32),
+    def start(cls, prompt_lengths: Array, keys: Array, max_new_tokens: int, pad_id: int, cache: Any) -> "_LoopState":
+        shape = keys.shape[:2]
+        return cls(step=jnp.zeros((), jnp.int32), rows=jnp.arange(shape[0], dtype=jnp.int32),
+                   prompt_lengths=prompt_lengths, keys=keys,
+                   tokens=jnp.full((*shape, max_new_tokens), pad_id, jnp.int32),
                    log_probs=jnp.zeros((*shape, max_new_tokens), jnp.float32), done=jnp.zeros(shape, bool),
                    lengths=jnp.zeros(shape, jnp.int32), finish_reason=jnp.full(shape, FINISH_MAX_LENGTH, jnp.int32),
                    cache=cache)
+
+    def unfinished_rows(self) -> Array:
+        """[] int32: slots whose prompt has a sample still decoding."""
+        return jnp.sum(~jnp.all(self.done, axis=1), dtype=jnp.int32)
+
+    def keep_unfinished(self, slots: int, take_rows: Any) -> "_LoopState":
+        """The state over `slots` slots: every unfinished prompt's (the caller checks they fit), then finished ones.
+
+        Rows move whole (cache, tokens, keys), so each keeps decoding exactly as it would have in the full batch."""
+        order = jnp.argsort(jnp.all(self.done, axis=1), stable=True)[:slots]  # unfinished first, in row order
+        per_slot = {name: jnp.take(getattr(self, name), order, axis=0) for name in (
+            "rows", "prompt_lengths", "keys", "tokens", "log_probs", "done", "lengths", "finish_reason")}
+        return self.replace(cache=take_rows(self.cache, order), **per_slot)
+
+    def store(self, output: SampleOutput) -> SampleOutput:
+        """`output` [batch, ...] with each slot's results written to its batch row."""
+        return output.replace(tokens=output.tokens.at[self.rows].set(self.tokens),
+                              lengths=output.lengths.at[self.rows].set(self.lengths),
+                              log_probs=output.log_probs.at[self.rows].set(self.log_probs),
+                              finish_reason=output.finish_reason.at[self.rows].set(self.finish_reason))
 
 
 @dataclasses.dataclass(frozen=True)
 class _TokenChoice:
     """How each step picks its tokens and decides which samples are done (static within one sampler trace)."""
 
-    keys: Array  # [batch, samples, 2] per-sample PRNG keys, folded with the step
     method: SamplingMethod
     argmax_samples: int
     eos: Array  # [num_eos] int32
@@ -199,9 +236,9 @@ class _TokenChoice:
     pad_id: int
 
     def __call__(self, state: _LoopState, logits: Array, step: Array) -> _LoopState:
-        """Picks token `step` for every sample from logits [batch, samples, vocab] and updates the stop flags."""
+        """Picks token `step` for every sample from logits [slots, samples, vocab] and updates the stop flags."""
         logits = constrain(logits, ("batch", "samples", "vocab"))
-        step_keys = jax.vmap(jax.vmap(lambda k: jax.random.fold_in(k, step)))(self.keys)
+        step_keys = jax.vmap(jax.vmap(lambda k: jax.random.fold_in(k, step)))(state.keys)
         token = choose_tokens(logits, step_keys, self.method, self.argmax_samples)
         log_prob = jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), token[..., None], axis=-1)[..., 0]
         token = jnp.where(state.done, self.pad_id, token)
@@ -213,6 +250,16 @@ class _TokenChoice:
         lengths = jnp.where(state.done, state.lengths, step + 1)
         return state.replace(step=step, tokens=tokens, log_probs=log_probs, done=state.done | hit_eos | hit_stop,
                              lengths=lengths, finish_reason=reason)
+
+
+def retire_capacities(batch: int, retire_stages: int, multiple: int = 1) -> tuple[int, ...]:
+    """The slot counts the decode loop runs at: the batch, then halved up to `retire_stages` times, each a multiple
+    of `multiple` (the devices that split the batch) so every stage keeps the batch sharded alike."""
+    capacities = [batch]
+    while (len(capacities) <= retire_stages and capacities[-1] % 2 == 0
+           and (capacities[-1] // 2) % multiple == 0):
+        capacities.append(capacities[-1] // 2)
+    return tuple(capacities)
 
 
 def temperature_sample(
@@ -231,6 +278,8 @@ def temperature_sample(
     pad_id: int = 0,
     context_tokens: Array | None = None,
     argmax_samples: int = 0,
+    retire_stages: int = 0,
+    retire_multiple: int = 1,
 ) -> SampleOutput:
     """Samples `num_samples` continuations of each prompt (traceable: jit it, see `make_sampler`).
 
@@ -239,6 +288,9 @@ def temperature_sample(
     context_tokens: optional int32 [context_len] that precede every prompt (prefilled once for the batch);
     argmax_samples: the first this many samples of each prompt decode greedily (see `choose_tokens`).
     The loop is a `lax.while_loop` that exits as soon as every sample has hit EOS or a stop sequence.
+    retire_stages: a decode step costs every row of the batch, finished or not, so when no more than half the
+    prompts are still decoding, the rest leave and the loop goes on at half the rows; at most this many times
+    (`retire_capacities`; each stage is one more compiled decode step). Samples are the same either way.
     """
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}.")
@@ -247,32 +299,46 @@ def temperature_sample(
     if not 0 <= argmax_samples <= num_samples:
         raise ValueError(f"argmax_samples must be in [0, num_samples={num_samples}], got {argmax_samples}.")
     batch = prompt_tokens.shape[0]
-    shape = (batch, num_samples)
     table, stop_lengths = (jnp.asarray(a) for a in _stop_table(stop_sequences))
-    choose = _TokenChoice(keys=sample_keys(seed, example_ids, num_samples, argmax_samples), method=method,
-                          argmax_samples=argmax_samples, eos=jnp.asarray(np.asarray(eos_ids, np.int32).reshape(-1)),
-                          stop_table=table, stop_lengths=stop_lengths, pad_id=pad_id)
+    choose = _TokenChoice(method=method, argmax_samples=argmax_samples,
+                          eos=jnp.asarray(np.asarray(eos_ids, np.int32).reshape(-1)), stop_table=table,
+                          stop_lengths=stop_lengths, pad_id=pad_id)
     context = {} if context_tokens is None else {"context_tokens": context_tokens}
     first_logits, cache = lm.prefill(params, prompt_tokens, prompt_lengths, num_samples, max_new_tokens, **context)
     offset = 0 if context_tokens is None else context_tokens.shape[0]
     first_logits = jnp.broadcast_to(first_logits[:, None, :], (batch, num_samples, first_logits.shape[-1]))
-    state = _LoopState.start(shape, max_new_tokens, pad_id, cache)
+    keys = sample_keys(seed, example_ids, num_samples, argmax_samples)
+    state = _LoopState.start(prompt_lengths, keys, max_new_tokens, pad_id, cache)
     state = choose(state, first_logits.astype(jnp.float32), jnp.zeros((), jnp.int32))
+    # Every slot holds its own row until the first stage ends (then each stage writes its slots' rows here).
+    output = SampleOutput(tokens=state.tokens, lengths=state.lengths, log_probs=state.log_probs,
+                          finish_reason=state.finish_reason)
     decode_params = lm.decode_params(params)
 
-    def keep_going(state: _LoopState) -> Array:
+    def steps_left(state: _LoopState) -> Array:
         return (state.step + 1 < max_new_tokens) & ~jnp.all(state.done)
 
     def body(state: _LoopState) -> _LoopState:
         previous = jax.lax.dynamic_index_in_dim(state.tokens, state.step, axis=2, keepdims=False)
-        positions = offset + prompt_lengths[:, None] + state.step  # RoPE position of `previous`
-        logits, cache = lm.decode(decode_params, previous, jnp.broadcast_to(positions, shape).astype(jnp.int32),
-                                  state.cache)
+        positions = offset + state.prompt_lengths[:, None] + state.step  # RoPE position of `previous`
+        logits, cache = lm.decode(decode_params, previous, jnp.broadcast_to(positions, state.done.shape).astype(
+            jnp.int32), state.cache)
         return choose(state.replace(cache=cache), logits.astype(jnp.float32), state.step + 1)
 
-    state = jax.lax.while_loop(keep_going, body, state)
-    return SampleOutput(tokens=state.tokens, lengths=state.lengths, log_probs=state.log_probs,
-                        finish_reason=state.finish_reason)
+    def decode_from(stage: int, capacities: tuple[int, ...], state: _LoopState, output: SampleOutput
+                    ) -> SampleOutput:
+        """Decodes at capacities[stage] slots until the unfinished prompts fit the next stage, then moves on."""
+        fits_next = capacities[stage + 1] if stage + 1 < len(capacities) else 0
+        state = jax.lax.while_loop(lambda s: steps_left(s) & (s.unfinished_rows() > fits_next), body, state)
+        output = state.store(output)
+        if not fits_next:
+            return output
+        return jax.lax.cond(
+            steps_left(state),
+            lambda: decode_from(stage + 1, capacities, state.keep_unfinished(fits_next, lm.take_rows), output),
+            lambda: output)
+
+    return decode_from(0, retire_capacities(batch, retire_stages, retire_multiple), state, output)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -286,6 +352,7 @@ class SamplerSpec:
     stop_sequences: tuple[tuple[int, ...], ...] = ()
     pad_id: int = 0
     argmax_samples: int = 0
+    retire_stages: int = 2  # times the batch halves as its prompts finish (`temperature_sample`); 0: never
 
 
 def make_sampler(lm: LanguageModel, spec: SamplerSpec, mesh: jax.sharding.Mesh | None = None):
@@ -303,6 +370,7 @@ def make_sampler(lm: LanguageModel, spec: SamplerSpec, mesh: jax.sharding.Mesh |
                 num_samples=spec.num_samples, max_new_tokens=spec.max_new_tokens, method=spec.method,
                 eos_ids=spec.eos_ids, stop_sequences=spec.stop_sequences, pad_id=spec.pad_id,
                 context_tokens=context_tokens, argmax_samples=spec.argmax_samples,
+                retire_stages=spec.retire_stages, retire_multiple=batch_devices(mesh),
             )
 
     return jax.jit(run)

@@ -99,6 +99,15 @@ def _mesh_axis_sizes(mesh: Mesh | jax.sharding.AbstractMesh) -> dict[str, int]:
     return dict(zip(mesh.axis_names, mesh.axis_sizes if hasattr(mesh, "axis_sizes") else mesh.devices.shape))
 
 
+def batch_devices(mesh: Mesh | None, rules: Rules = LOGICAL_AXIS_RULES) -> int:
+    """How many ways `mesh` splits a `batch` axis that divides evenly (1 without a mesh)."""
+    if mesh is None:
+        return 1
+    sizes = _mesh_axis_sizes(mesh)
+    first = next(axes for name, axes in rules if name == "batch")
+    return math.prod(sizes.get(axis, 1) for axis in _as_tuple(first))
+
+
 def logical_to_spec(
     logical_axes: Sequence[str | None],
     shape: Sequence[int] | None,

@@ -1,6 +1,9 @@
 """The sampler: greedy exactness, layout-independent randomness, stops, bad input (the sampled distribution of each
 method: test_sampling_methods.py)."""
 
+import collections
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -15,6 +18,7 @@ from lsi.decoding import (
     TransformerLM,
     bucket_length,
     make_sampler,
+    retire_capacities,
     temperature_sample,
 )
 from lsi.models import Transformer, get_config, init_params, param_logical_axes
@@ -114,6 +118,55 @@ def test_eos_and_stop_sequences_end_samples_exactly(params):
         pytest.skip("random model emitted the EOS token early in row 1")
     stop_end = next(i for i in range(1, 8) if tuple(row1[i - 1: i + 1]) == stop) + 1
     assert out.finish_reason[1, 0] == FINISH_STOP and out.lengths[1, 0] == stop_end
+
+
+@dataclasses.dataclass(frozen=True)
+class StepCountingLM(TransformerLM):
+    """Counts, as it runs, the decode steps taken at each number of batch rows."""
+
+    steps: collections.Counter = dataclasses.field(default_factory=collections.Counter, compare=False, hash=False)
+
+    def decode(self, decode_params, tokens, positions, cache):
+        jax.debug.callback(lambda: self.steps.update([tokens.shape[0]]))
+        return super().decode(decode_params, tokens, positions, cache)
+
+
+@pytest.mark.parametrize("layerwise, mesh_shape", [(True, None), (False, None), (True, (2, 2, 2))])
+def test_finished_prompts_leave_the_batch_and_samples_stay_the_same(params, layerwise, mesh_shape):
+    # A tenth of the vocabulary ends a sample, so the 8 prompts finish at scattered steps.
+    eos = tuple(range(1, CFG.vocab_size, 10))
+    tokens, lengths = _prompts([5, 9, 16, 2, 7, 8, 3, 11], 16, seed=9)
+    ids = jnp.arange(8, dtype=jnp.int32)
+    mesh = partitioning.make_mesh(mesh_shape) if mesh_shape else None
+    placed = partitioning.shard_tree(params, param_logical_axes(CFG), mesh) if mesh else params
+    outputs, steps = {}, {}
+    for stages in (0, 2):
+        lm = StepCountingLM(CFG, layerwise)
+        spec = SamplerSpec(num_samples=2, max_new_tokens=40, method=Temperature(0.9, top_k=40), eos_ids=eos,
+                           retire_stages=stages)
+        outputs[stages] = jax.device_get(make_sampler(lm, spec, mesh)(placed, tokens, lengths, ids, 0))
+        jax.effects_barrier()
+        steps[stages] = dict(lm.steps)
+    whole, retired = outputs[0], outputs[2]
+    np.testing.assert_array_equal(retired.tokens, whole.tokens)
+    np.testing.assert_array_equal(retired.lengths, whole.lengths)
+    np.testing.assert_array_equal(retired.finish_reason, whole.finish_reason)
+    np.testing.assert_allclose(retired.log_probs, whole.log_probs, atol=1e-5)
+    # The whole batch steps until its last sample ends; retiring runs the later steps at 4 and then 2 rows (the
+    # (2, 2, 2) mesh splits the batch 4 ways, so it stops at 4), and takes the same number of steps.
+    last_step = int(whole.lengths.max()) - 1
+    assert steps[0] == {8: last_step} and sum(steps[2].values()) == last_step
+    assert set(steps[2]) == ({8, 4} if mesh_shape else {8, 4, 2}) and steps[2][8] < last_step / 2
+    assert (whole.finish_reason == FINISH_EOS).mean() > 0.9 and len(set(whole.lengths.max(axis=1))) > 4
+
+
+def test_retiring_halves_the_batch_while_it_divides_over_the_devices():
+    assert retire_capacities(32, 2) == (32, 16, 8)
+    assert retire_capacities(32, 0) == (32,)
+    assert retire_capacities(6, 3) == (6, 3)
+    assert retire_capacities(1, 2) == (1,)
+    assert retire_capacities(16, 4, multiple=4) == (16, 8, 4)
+    assert retire_capacities(8, 2, multiple=8) == (8,)
 
 
 def test_max_length_rows_are_reported_not_cut(params):

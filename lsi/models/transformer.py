@@ -446,6 +446,16 @@ def layerwise_cache(cache: DecodeCache) -> LayerwiseDecodeCache:
                                 index=cache.index)
 
 
+def take_cache_rows(cache: DecodeCache | LayerwiseDecodeCache, rows: Array) -> DecodeCache | LayerwiseDecodeCache:
+    """The cache of batch rows `rows` [new_batch] int32, in that order: every prefix and generated slot of those
+    rows, the same `index`. A stacked cache has its batch axis after `layers`; a layerwise one first."""
+    axis = 1 if isinstance(cache, DecodeCache) else 0
+    take = functools.partial(jnp.take, indices=rows, axis=axis)
+    return cache.replace(prefix_k=jax.tree.map(take, cache.prefix_k), prefix_v=jax.tree.map(take, cache.prefix_v),
+                         prefix_mask=jnp.take(cache.prefix_mask, rows, axis=0), k=jax.tree.map(take, cache.k),
+                         v=jax.tree.map(take, cache.v))
+
+
 def decode_layerwise(config: TransformerConfig, params: Any, layer_params: tuple[Any, ...], tokens: Array,
                      positions: Array, cache: LayerwiseDecodeCache) -> tuple[Array, LayerwiseDecodeCache]:
     """`Transformer.decode` with its layer loop unrolled over per-layer weights and caches.

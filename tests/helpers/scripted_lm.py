@@ -39,3 +39,6 @@ class ScriptedLM:
     def decode(self, params, tokens, positions, cache):
         index = cache["index"] + 1
         return self._logits(index, tokens.shape), {"index": index}
+
+    def take_rows(self, cache, rows):
+        return cache  # one step counter for every row
