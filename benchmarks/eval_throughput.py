@@ -9,9 +9,6 @@ texts are compared across them.
 
     # -> benchmarks/results/eval_throughput_cpu.json (about half an hour on 2 cores: two settings)
     python -m benchmarks.eval_throughput
-    # seconds: a tiny random model (the same stages, on a model the quickstart never uses)
-    python -m benchmarks.eval_throughput --model_gin=gin_configs/models/tiny.gin --pool_size=8 --eval_size=8 \
-        --output=/tmp/eval_throughput_tiny.json
 """
 
 from __future__ import annotations
