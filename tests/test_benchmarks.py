@@ -181,4 +181,3 @@ def test_gpu_check_smoke_runs_every_step_on_the_cpu(tmp_path):
     assert record["sampler"]["tokens_per_s"]["ours"] > 0
     assert record["trainer"]["custom_grads"] is True and record["trainer_autodiff"]["custom_grads"] is False
     assert record["trainer"]["mfu_vs_measured_matmul"] > 0
-
