@@ -313,7 +313,15 @@ def temperature_sample(
     # Every slot holds its own row until the first stage ends (then each stage writes its slots' rows here).
     output = SampleOutput(tokens=state.tokens, lengths=state.lengths, log_probs=state.log_probs,
                           finish_reason=state.finish_reason)
-    decode_params = lm.decode_params(params)
+    return _decode_in_stages(lm, lm.decode_params(params), choose, state, output, offset, max_new_tokens,
+                             retire_capacities(batch, retire_stages, retire_multiple))
+
+
+def _decode_in_stages(lm: LanguageModel, decode_params: Any, choose: _TokenChoice, state: _LoopState,
+                      output: SampleOutput, offset: int, max_new_tokens: int, capacities: tuple[int, ...]
+                      ) -> SampleOutput:
+    """The decode loop after the first token: at capacities[0] slots, then each smaller capacity once the
+    unfinished prompts fit it (`retire_capacities`); every stage writes its slots' results into `output`."""
 
     def steps_left(state: _LoopState) -> Array:
         return (state.step + 1 < max_new_tokens) & ~jnp.all(state.done)
@@ -325,8 +333,7 @@ def temperature_sample(
             jnp.int32), state.cache)
         return choose(state.replace(cache=cache), logits.astype(jnp.float32), state.step + 1)
 
-    def decode_from(stage: int, capacities: tuple[int, ...], state: _LoopState, output: SampleOutput
-                    ) -> SampleOutput:
+    def decode_from(stage: int, state: _LoopState, output: SampleOutput) -> SampleOutput:
         """Decodes at capacities[stage] slots until the unfinished prompts fit the next stage, then moves on."""
         fits_next = capacities[stage + 1] if stage + 1 < len(capacities) else 0
         state = jax.lax.while_loop(lambda s: steps_left(s) & (s.unfinished_rows() > fits_next), body, state)
@@ -335,10 +342,10 @@ def temperature_sample(
             return output
         return jax.lax.cond(
             steps_left(state),
-            lambda: decode_from(stage + 1, capacities, state.keep_unfinished(fits_next, lm.take_rows), output),
+            lambda: decode_from(stage + 1, state.keep_unfinished(fits_next, lm.take_rows), output),
             lambda: output)
 
-    return decode_from(0, retire_capacities(batch, retire_stages, retire_multiple), state, output)
+    return decode_from(0, state, output)
 
 
 @dataclasses.dataclass(frozen=True)
