@@ -7,13 +7,14 @@ compile what they run. Tokens/s is what each stage reports: generated tokens (up
 seconds its sampler ran, compiling included. The settings must sample the same paths: the samples' and predictions'
 texts are compared across them.
 
-    # -> benchmarks/results/eval_throughput_cpu.json (about half an hour on 2 cores: two settings)
+    # -> benchmarks/results/eval_throughput_cpu.json (about 45 minutes on 2 cores: two settings)
     python -m benchmarks.eval_throughput
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import pathlib
@@ -21,7 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Any
+from typing import Any, Iterator
 
 from benchmarks import common
 from lsi.io_utils import write_json_atomic
@@ -80,12 +81,12 @@ def eval_stage_record(run_dir: pathlib.Path, wall_s: float) -> dict[str, Any]:
 
 
 def sampled_texts(run_dir: pathlib.Path) -> dict[str, Any]:
-    """Every sample's text of both stages, keyed by question and mode (to compare settings)."""
+    """Every text of both stages: each sample by question and index, each eval question's predictions by mode."""
     texts: dict[str, Any] = {}
-    for path in sorted(run_dir.glob("round_1/*/samples/*.jsonl")):
+    for path in sorted(run_dir.glob("round_1/*/samples/*.jsonl")):  # one line per sample
         for line in path.read_text().splitlines():
             record = json.loads(line)
-            texts[f"sample/{record['id']}"] = [s["text"] for s in record["samples"]]
+            texts[f"sample/{record['question_id']}/{record['sample_index']}"] = record["text"]
     for path in sorted(run_dir.glob("eval/base/*/*/predictions.jsonl")):
         for line in path.read_text().splitlines():
             record = json.loads(line)
@@ -117,7 +118,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--retire_stages", default="2,0",
                         help="comma-separated settings, the first is the default one the target is checked on")
     parser.add_argument("--output", default=str(DEFAULT_OUTPUT))
-    parser.add_argument("--keep_dir", default=None, help="run directories go here (default: a deleted temp dir)")
+    parser.add_argument("--keep_dir", default=None,
+                        help="run directories go here and are kept (default: a temporary directory, deleted)")
     args = parser.parse_args(argv)
     args.retire_stages = [int(s) for s in args.retire_stages.split(",") if s.strip()]
     return args
@@ -131,15 +133,25 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                               "target_eval_over_sample": TARGET_EVAL_OVER_SAMPLE, "settings": {},
                               "environment": common.environment_info(PACKAGES)}
     texts: dict[int, dict[str, Any]] = {}
-    with tempfile.TemporaryDirectory(prefix="lsi-eval-throughput-", dir=args.keep_dir) as tmp:
+    with _run_root(args.keep_dir) as root:
         for retire in args.retire_stages:
-            record["settings"][f"retire_stages_{retire}"], texts[retire] = measure_setting(
-                retire, pathlib.Path(tmp), args)
+            record["settings"][f"retire_stages_{retire}"], texts[retire] = measure_setting(retire, root, args)
             write_json_atomic(args.output, _summarize(record, texts))  # each setting as it completes
     record = _summarize(record, texts)
     write_json_atomic(args.output, record)
     print(f"[eval_throughput] wrote {args.output}")
     return record
+
+
+@contextlib.contextmanager
+def _run_root(keep_dir: str | None) -> Iterator[pathlib.Path]:
+    """A fresh directory for the settings' runs: under `keep_dir` and kept, or temporary."""
+    if keep_dir is None:
+        with tempfile.TemporaryDirectory(prefix="lsi-eval-throughput-") as tmp:
+            yield pathlib.Path(tmp)
+        return
+    pathlib.Path(keep_dir).mkdir(parents=True, exist_ok=True)
+    yield pathlib.Path(tempfile.mkdtemp(prefix="lsi-eval-throughput-", dir=keep_dir))
 
 
 def _summarize(record: dict[str, Any], texts: dict[int, dict[str, Any]]) -> dict[str, Any]:

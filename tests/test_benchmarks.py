@@ -44,7 +44,8 @@ def test_sampler_benchmark_smoke(tmp_path):
     assert record["ratio_ours_over_faster_transformers"] == pytest.approx(rates["ours"] / rates[faster])
     assert record["equal_work_checked"] is True
     sides = record["sides"]
-    assert sides["ours"]["check"]["new_tokens_min"] == 8 and sides["transformers_per_prompt"]["check"]["new_tokens"] == 8
+    assert sides["ours"]["check"]["new_tokens_min"] == 8
+    assert sides["transformers_per_prompt"]["check"]["new_tokens"] == 8
     assert sides["transformers_one_call"]["prompts_per_generate_call"] == 3
     assert sides["transformers_per_prompt"]["prompts_per_generate_call"] == 1
     assert sides["transformers_one_call"]["effective_eos_token_id"] is None
@@ -181,3 +182,39 @@ def test_gpu_check_smoke_runs_every_step_on_the_cpu(tmp_path):
     assert record["sampler"]["tokens_per_s"]["ours"] > 0
     assert record["trainer"]["custom_grads"] is True and record["trainer_autodiff"]["custom_grads"] is False
     assert record["trainer"]["mfu_vs_measured_matmul"] > 0
+
+
+def test_eval_throughput_benchmark_runs_both_stages_of_each_setting(tmp_path):
+    """benchmarks.eval_throughput on a tiny random checkpoint standing in for SmolLM2, the quickstart's stages cut to
+    a few questions and tokens: each setting's sample and eval stage measured, and both settings' samples compared."""
+    from helpers.runs import environment
+    from helpers.toy import save_tiny_checkpoint
+
+    model = save_tiny_checkpoint(tmp_path / "tiny_model")
+    tiny = tmp_path / "tiny.gin"
+    tiny.write_text("\n".join([
+        f"lsi.Experiment.model = '{model}'", "lsi.SampleStageConfig.num_samples = 2",
+        "lsi.SampleStageConfig.max_new_tokens = 4", "lsi.SampleStageConfig.batch_size = 4",
+        "lsi.SampleStageConfig.num_shards = 1", "lsi.EvalConfig.num_samples = 2", "lsi.EvalConfig.max_new_tokens = 4",
+        "lsi.EvalConfig.subsample_sizes = (1, 2)", "lsi.EvalConfig.batch_size = 4"]) + "\n")
+    output = tmp_path / "eval_throughput.json"
+    result = subprocess.run([sys.executable, "-m", "benchmarks.eval_throughput", "--model_gin", str(tiny),
+                             "--pool_size", "4", "--eval_size", "4", "--retire_stages", "1,0", "--output", str(output)],
+                            cwd=REPO, env=environment(), capture_output=True, text=True, timeout=900, check=False)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    record = json.loads(output.read_text())
+    assert list(record["settings"]) == ["retire_stages_1", "retire_stages_0"]
+    for setting in record["settings"].values():
+        sample, evaluation = setting["sample"], setting["eval"]
+        assert (sample["prompts"], sample["samples_per_prompt"], sample["max_new_tokens"]) == (4, 2, 4)
+        assert sample["sampled_tokens"] == 4 * 2 * 4  # a random model never stops early
+        # Greedy rides along as self-consistency's extra argmax sample: two sampler runs for three modes.
+        assert sorted(evaluation["sampler_runs"]) == ["cot_greedy+self_consistency", "zero_shot_cot"]
+        assert evaluation["questions"] == 4 and evaluation["tokens_per_s"] > 0
+        assert setting["eval_over_sample"] == pytest.approx(evaluation["tokens_per_s"] / sample["tokens_per_s"])
+    assert record["eval_over_sample"] == record["settings"]["retire_stages_1"]["eval_over_sample"]
+    assert record["target_met"] == (record["eval_over_sample"] >= 0.75)
+    same = record["same_samples_across_settings"]
+    # Every sample of the sample stage, and each eval question's predictions in each mode.
+    assert same["equal"] and same["differing"] == 0 and same["compared"] == 4 * 2 + 3 * 4
+    assert set(record["speedup_over_retire_stages_0"]) == {"sample", "eval"}
