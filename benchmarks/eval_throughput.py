@@ -71,9 +71,10 @@ def eval_stage_record(run_dir: pathlib.Path, wall_s: float) -> dict[str, Any]:
     for mode, result in metrics["modes"].items():
         name = "+".join(sorted([mode, *result.get("sampled_with", [])]))
         stats = result["sampler"]
-        runs[name] = {"sampled_tokens": stats["sampled_tokens"], "seconds": stats["seconds"],
-                      "tokens_per_s": stats["sampled_tokens"] / stats["seconds"], "prompts": stats["prompts"],
-                      "accuracy": result["accuracy"]["value"]}
+        run = runs.setdefault(name, {"sampled_tokens": stats["sampled_tokens"], "seconds": stats["seconds"],
+                                     "tokens_per_s": stats["sampled_tokens"] / stats["seconds"],
+                                     "prompts": stats["prompts"], "accuracy": {}})
+        run["accuracy"][mode] = result["accuracy"]["value"]  # each mode of a shared run scores its own way
     tokens = sum(r["sampled_tokens"] for r in runs.values())
     seconds = sum(r["seconds"] for r in runs.values())
     return {"sampled_tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds, "stage_wall_s": wall_s,

@@ -210,6 +210,8 @@ def test_eval_throughput_benchmark_runs_both_stages_of_each_setting(tmp_path):
         assert sample["sampled_tokens"] == 4 * 2 * 4  # a random model never stops early
         # Greedy rides along as self-consistency's extra argmax sample: two sampler runs for three modes.
         assert sorted(evaluation["sampler_runs"]) == ["cot_greedy+self_consistency", "zero_shot_cot"]
+        shared = evaluation["sampler_runs"]["cot_greedy+self_consistency"]["accuracy"]
+        assert set(shared) == {"cot_greedy", "self_consistency"}  # each mode's own accuracy
         assert evaluation["questions"] == 4 and evaluation["tokens_per_s"] > 0
         assert setting["eval_over_sample"] == pytest.approx(evaluation["tokens_per_s"] / sample["tokens_per_s"])
     assert record["eval_over_sample"] == record["settings"]["retire_stages_1"]["eval_over_sample"]
