@@ -16,8 +16,6 @@ import time
 import pytest
 from helpers.runs import REPO, build_answering_model, command, environment, run
 
-from lsi.io_utils import json_line
-
 
 @pytest.fixture(scope="module")
 def answering_model(tmp_path_factory):
@@ -33,19 +31,20 @@ def _run(run_dir, model) -> None:
 
 
 def _results(run_dir: pathlib.Path) -> dict:
-    """What a finished run must reproduce: every eval's predictions, every round's training metrics and data."""
+    """What a finished run must reproduce, as parsed records: every eval's predictions, every round's training
+    metrics and data."""
+    def records(path: pathlib.Path) -> list[dict]:
+        return [json.loads(line) for line in path.read_text().splitlines()]
+
     out = {}
     for path in sorted(run_dir.glob("eval/*/*/*/predictions.jsonl")):
         # The prompt's text, kept since the pin was recorded, is the inputs', not a result: the lines without it.
-        out[str(path.relative_to(run_dir))] = "".join(
-            json_line({k: v for k, v in json.loads(line).items() if k != "prompt"})
-            for line in path.read_text().splitlines())
+        out[str(path.relative_to(run_dir))] = [{k: v for k, v in r.items() if k != "prompt"} for r in records(path)]
     for path in sorted(run_dir.glob("round_*/train/metrics.jsonl")):
-        out[str(path.relative_to(run_dir))] = [{k: v for k, v in json.loads(line).items()  # timings differ
-                                                if not k.endswith("_per_s") and k != "mfu"}
-                                               for line in path.read_text().splitlines()]
+        out[str(path.relative_to(run_dir))] = [{k: v for k, v in r.items()  # timings differ
+                                                if not k.endswith("_per_s") and k != "mfu"} for r in records(path)]
     for path in sorted(run_dir.glob("round_*/*/votes/pseudo_labels.jsonl")):
-        out[str(path.relative_to(run_dir))] = path.read_text()
+        out[str(path.relative_to(run_dir))] = records(path)
     return out
 
 
@@ -66,8 +65,7 @@ def _fingerprint(results: dict) -> dict:
     floats (log-probs, losses, norms) by count and sums, which machines whose kernels round differently (AVX2 and
     AVX-512) reproduce only to rounding."""
     floats: list[float] = []
-    skeleton = _split_floats({path: ([json.loads(line) for line in text.splitlines()] if isinstance(text, str)
-                                     else text) for path, text in results.items()}, floats)
+    skeleton = _split_floats(results, floats)
     return {"sha256": hashlib.sha256(json.dumps(skeleton, sort_keys=True).encode()).hexdigest(),
             "floats": len(floats), "sum": math.fsum(floats), "sum_abs": math.fsum(abs(f) for f in floats)}
 
